@@ -1,0 +1,371 @@
+"""ImageBind(I') of the paper's Eq. (1): encode images, videos and audio, cache one .npy per file.
+
+ModaVerse feeds every input medium through a frozen ImageBind encoder (Girdhar et al. 2023) and then
+through a trainable linear projector (project.py). The encoder never changes during training, so we
+run it once per file and cache its embedding; train.py and agent.py read the cache.
+
+Encoders (ENCODERS below):
+  huge  the paper's `imagebind_huge` (1024-d). Weights: --checkpoint PATH, or the package downloads
+        them to .checkpoints/imagebind_huge.pth on first use (needs internet).
+  toy   a random, seeded 256-wide ImageBind (512-d): the offline demo. NOT a trained encoder.
+  tiny  a random, seeded 64-wide ImageBind (512-d): the tests.
+
+Cache layout: <cache_dir>/<encoder id>/<modality>/<sha256 of the file's bytes>.npy. The encoder id
+hashes the encoder's config, seed, weights file and preprocessing, so a changed file or a different
+encoder never returns a stale embedding. Each .npy is written to a temp file and renamed.
+
+  python encode.py data/toy/train.jsonl data/toy/test.jsonl --encoder toy   # media of data files
+  python encode.py --modality image cat.png dog.png --encoder huge          # a list of files
+  python encode.py --probe data/toy/media.jsonl --encoder toy               # what the features carry
+  python encode.py --encoder huge --device cuda data/train.jsonl            # on a GPU
+"""
+import argparse
+import ctypes
+import functools
+import gc
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+import types
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from tqdm import tqdm
+
+# pytorchvideo 0.1.5 (used by imagebind.data) imports a module torchvision removed in 0.17.
+sys.modules.setdefault("torchvision.transforms.functional_tensor", torchvision.transforms.functional)
+with warnings.catch_warnings():  # imagebind imports the deprecated pkg_resources and torch.jit.script_method
+    warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+    import imagebind.data as ib_data  # noqa: E402
+    from imagebind.models import imagebind_model  # noqa: E402
+from pytorchvideo.data.encoded_video import EncodedVideo  # noqa: E402
+
+MODALITIES = ("image", "video", "audio")
+IB_KEY = {"image": "vision", "video": "vision", "audio": "audio", "text": "text"}  # ImageBind's names
+PREPROCESS_VERSION = "1"  # bump when preprocessing changes, so old cache entries are not reused
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    width: int  # every tower's width (ImageBind's *_embed_dim); 0 = the paper's imagebind_huge
+    blocks: int
+    heads: int
+    out_dim: int
+    seed: int = 0
+
+
+ENCODERS = {
+    "tiny": EncoderConfig(width=64, blocks=2, heads=4, out_dim=512),
+    "toy": EncoderConfig(width=256, blocks=4, heads=4, out_dim=512),
+    "huge": EncoderConfig(width=0, blocks=0, heads=0, out_dim=1024),
+}
+
+
+def embed_dim(encoder: str) -> int:
+    return ENCODERS[encoder].out_dim
+
+
+# ---------------------------------------------------------------- compatibility fixes for this stack
+def _load_audio(path):
+    """torchaudio.load needs TorchCodec/FFmpeg in torchaudio 2.9+; soundfile reads WAV/FLAC/OGG without it."""
+    import soundfile as sf
+
+    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
+    if wav.shape[0] == 0:
+        raise ValueError("audio file holds no samples")
+    return torch.from_numpy(wav.T.copy()), sr  # (C, N), as torchaudio.load returns
+
+
+class _EncodedVideo:
+    """imagebind passes sample_rate= to EncodedVideo.from_path, which pytorchvideo 0.1.5 rejects."""
+
+    @staticmethod
+    def from_path(path, decoder="decord", decode_audio=False, **_unused):
+        return EncodedVideo.from_path(path, decoder=decoder, decode_audio=decode_audio)
+
+
+# Scoped to imagebind.data only: the rest of the process keeps the real torchaudio.
+ib_data.torchaudio = types.SimpleNamespace(
+    load=_load_audio, functional=ib_data.torchaudio.functional, compliance=ib_data.torchaudio.compliance
+)
+ib_data.EncodedVideo = _EncodedVideo
+
+
+def preprocess(path, modality: str) -> torch.Tensor:
+    """One file -> the tensor imagebind.data's own loader builds for it (without the batch dim)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("file not found")
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file (0 bytes)")
+    if modality == "image":
+        return ib_data.load_and_transform_vision_data([path], "cpu")[0]  # (3, 224, 224)
+    # Media of at most 2 s give identical temporal clips in the package (all start at 0 s); one clip
+    # gives the same embedding (the model averages over clips) 3x (audio) or 5x (video) faster.
+    if modality == "audio":
+        import soundfile as sf
+
+        _check_wav_complete(path)
+        clips = 1 if sf.info(path).duration <= 2.0 else 3
+        return ib_data.load_and_transform_audio_data([path], "cpu", clips_per_video=clips)[0]  # (clips, 1, 128, 204)
+    if modality == "video":
+        clips = 1 if float(_EncodedVideo.from_path(path).duration) <= 2.0 else 5
+        try:
+            return ib_data.load_and_transform_video_data([path], "cpu", clips_per_video=clips)[0]  # (3*clips, 3, 2, 224, 224)
+        finally:
+            _release_memory()
+    raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+
+
+def _check_wav_complete(path):
+    """libsndfile reads a truncated WAV without complaint (as a shorter clip): compare with the header."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return  # not a WAV; soundfile decides whether it can read it
+    i = 12
+    while i + 8 <= len(data):  # walk the RIFF chunks to the "data" chunk
+        size = int.from_bytes(data[i + 4:i + 8], "little")
+        if data[i:i + 4] == b"data" and i + 8 + size > len(data):
+            raise ValueError(f"truncated WAV: header declares {size} data bytes, file holds {len(data) - i - 8}")
+        i += 8 + size + size % 2
+
+
+def _release_memory():
+    """Video decoding frees large buffers that glibc keeps; without this RSS grows by GBs over a data set."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc (macOS, musl)
+        pass
+
+
+# ---------------------------------------------------------------- the encoder
+def encoder_id(encoder: str, checkpoint: str | None = None) -> str:
+    """A name for the cache folder that changes whenever the embeddings could change."""
+    cfg = ENCODERS[encoder]
+    ident = {"cfg": asdict(cfg), "preprocess": PREPROCESS_VERSION, "torch": torch.__version__.split("+")[0]}
+    if checkpoint:
+        st = os.stat(checkpoint)
+        ident["checkpoint"] = [os.path.abspath(checkpoint), st.st_size, st.st_mtime_ns]
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{encoder}-{digest}"
+
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(encoder: str = "tiny", checkpoint: str | None = None, device: str = "cpu"):
+    cfg = ENCODERS[encoder]
+    if cfg.width == 0:
+        model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)
+        if checkpoint:
+            model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    else:
+        print(f"encode.py: '{encoder}' is an UNTRAINED ImageBind (random weights, seed {cfg.seed}): "
+              "its features carry only what a random network keeps (see README).", file=sys.stderr)
+        w, b, h = cfg.width, cfg.blocks, cfg.heads
+        with torch.random.fork_rng(devices=[]):  # same weights every time, global RNG untouched
+            torch.manual_seed(cfg.seed)
+            model = imagebind_model.ImageBindModel(
+                out_embed_dim=cfg.out_dim, vision_embed_dim=w, vision_num_blocks=b, vision_num_heads=h,
+                audio_embed_dim=w, audio_num_blocks=b, audio_num_heads=h, text_embed_dim=w,
+                text_num_blocks=b, text_num_heads=h, depth_embed_dim=w, depth_num_blocks=1,
+                depth_num_heads=h, thermal_embed_dim=w, thermal_num_blocks=1, thermal_num_heads=h,
+                imu_embed_dim=w, imu_num_blocks=1, imu_num_heads=h)
+    return model.eval().requires_grad_(False).to(device)
+
+
+class EncodeError(RuntimeError):
+    """Some files could not be encoded; `failures` maps each path to the reason. The rest are cached."""
+
+    def __init__(self, failures: dict):
+        self.failures = failures
+        lines = "\n".join(f"  {p}: {why}" for p, why in failures.items())
+        super().__init__(f"{len(failures)} file(s) could not be encoded:\n{lines}")
+
+
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_path(path, modality: str, encoder: str = "tiny", cache_dir=".cache/features", checkpoint=None) -> Path:
+    return Path(cache_dir) / encoder_id(encoder, checkpoint) / modality / f"{_file_sha256(path)}.npy"
+
+
+def _save_atomic(target: Path, array: np.ndarray):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, target)  # atomic on POSIX: readers see the old file or the whole new one
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@torch.inference_mode()
+def encode_files(paths, modality: str, encoder: str = "tiny", cache_dir=".cache/features",
+                 checkpoint: str | None = None, batch_size: int = 32, device: str = "cpu",
+                 progress: bool = True) -> np.ndarray:
+    """Embeddings (N, D) float32 for `paths`, from the cache or freshly encoded (and cached).
+
+    Files that fail (missing, empty, unreadable, not the named modality) are reported all together in
+    an EncodeError raised after every good file has been encoded and cached.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    paths = [str(p) for p in paths]
+    failures, targets, todo = {}, {}, []
+    for p in dict.fromkeys(paths):  # each distinct file once
+        try:
+            targets[p] = cache_path(p, modality, encoder, cache_dir, checkpoint)
+        except OSError as e:
+            failures[p] = f"cannot read: {e.strerror or e}"
+            continue
+        if not targets[p].exists():
+            todo.append(p)
+    if todo:
+        model = load_encoder(encoder, checkpoint, device)
+        bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="file", disable=not progress)
+        for i in range(0, len(todo), batch_size):
+            batch, inputs = [], []
+            for p in todo[i:i + batch_size]:
+                try:
+                    inputs.append(preprocess(p, modality))
+                    batch.append(p)
+                except Exception as e:  # noqa: BLE001 -- any decoder error means "this file is bad"
+                    failures[p] = f"not a readable {modality} file: {e}" if isinstance(e, ValueError) else \
+                        f"not a readable {modality} file ({type(e).__name__}: {e})"
+                bar.update(1)
+            if batch:
+                x = torch.stack(inputs).to(device)  # image (B,3,224,224); audio/video (B, clips, ...)
+                emb = model({IB_KEY[modality]: x})[IB_KEY[modality]].float().cpu().numpy()  # (B, D)
+                for p, e in zip(batch, emb):
+                    _save_atomic(targets[p], e)
+        bar.close()
+    if failures:
+        raise EncodeError(failures)
+    return np.stack([np.load(targets[p]) for p in paths]).astype(np.float32) if paths else \
+        np.zeros((0, embed_dim(encoder)), np.float32)
+
+
+@torch.inference_mode()
+def encode_texts(texts, encoder: str = "tiny", checkpoint=None, device="cpu") -> np.ndarray:
+    """ImageBind's text embeddings (N, D), with the package's own CLIP tokenizer. Not cached."""
+    tokens = ib_data.load_and_transform_text(list(texts), device)
+    return load_encoder(encoder, checkpoint, device)({"text": tokens})["text"].float().cpu().numpy()
+
+
+# ---------------------------------------------------------------- data files and the probe
+def media_in(data_files) -> dict:
+    """{modality: [paths]} of every media item in JSON Lines files: records with a "media" list
+    (data/README.md) or media listings with "path" + "modality". Paths are relative to each file."""
+    found = {m: [] for m in MODALITIES}
+    for f in data_files:
+        root = Path(f).parent
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    items = rec["media"] if "media" in rec else [rec] if "path" in rec else []
+                    for item in items:
+                        found[item["modality"]].append(str(root / item["path"]))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise SystemExit(f"{f}:{n}: not a data record ({type(e).__name__}: {e})")
+    return {m: list(dict.fromkeys(ps)) for m, ps in found.items() if ps}
+
+
+def linear_probe(x: np.ndarray, y: list, train_mask: np.ndarray, steps: int = 300) -> float:
+    """Accuracy on ~train_mask of a softmax regression fit on train_mask: is `y` linearly in `x`?"""
+    classes = sorted(set(y))
+    t = torch.tensor([classes.index(v) for v in y])
+    x = torch.tensor(x, dtype=torch.float32)
+    x = (x - x[train_mask].mean(0)) / (x[train_mask].std(0) + 1e-6)  # standardise on the train part
+    w = torch.zeros(x.shape[1], len(classes), requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x[train_mask] @ w, t[train_mask]) + 1e-3 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    test = torch.from_numpy(~train_mask)
+    return float(((x[test] @ w).argmax(1) == t[test]).float().mean())
+
+
+def probe(media_file: str, **encode_kw) -> list[dict]:
+    """For each modality and attribute in a media listing: probe accuracy on a random 75/25 split of
+    the items and on held-out attribute combinations (~25% of the combinations never seen in fitting)."""
+    items = [json.loads(line) for line in open(media_file, encoding="utf-8") if line.strip()]
+    root, rows, rng = Path(media_file).parent, [], random.Random(0)
+    for m in MODALITIES:
+        its = [it for it in items if it["modality"] == m and it.get("attributes")]
+        if len(its) < 8:
+            continue
+        x = encode_files([root / it["path"] for it in its], m, **encode_kw)
+        combos = [json.dumps(it["attributes"], sort_keys=True) for it in its]
+        held = set(rng.sample(sorted(set(combos)), max(1, len(set(combos)) // 4)))
+        split = np.array([rng.random() < 0.75 for _ in its])
+        unseen = np.array([c not in held for c in combos])
+        attrs = list(its[0]["attributes"])
+        for attr in attrs:  # held-out combinations only mean something with two or more attributes
+            y = [str(it["attributes"][attr]) for it in its]
+            rows.append({"modality": m, "attribute": attr, "values": len(set(y)), "chance": 1 / len(set(y)),
+                         "split": linear_probe(x, y, split),
+                         "held_out_combos": linear_probe(x, y, unseen) if len(attrs) > 1 else float("nan")})
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("inputs", nargs="*", help="JSON Lines data files (or media files with --modality)")
+    ap.add_argument("--modality", choices=MODALITIES, help="treat inputs as media files of this modality")
+    ap.add_argument("--encoder", choices=sorted(ENCODERS), default="toy", help="which ImageBind (default: toy)")
+    ap.add_argument("--checkpoint", help="local imagebind_huge .pth file (encoder huge)")
+    ap.add_argument("--cache-dir", default=".cache/features", help="where the .npy embeddings go")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--probe", metavar="MEDIA_JSONL", help="report a linear probe per attribute of a media listing")
+    args = ap.parse_args(argv)
+    kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.checkpoint,
+              batch_size=args.batch_size, device=args.device)
+    if args.probe:
+        print(f"{'modality':8} {'attribute':10} {'values':>6} {'chance':>6} {'split':>6} {'held-out combos':>15}")
+        for r in probe(args.probe, **kw):
+            print(f"{r['modality']:8} {r['attribute']:10} {r['values']:6d} {r['chance']:6.2f} {r['split']:6.2f} "
+                  f"{r['held_out_combos']:15.2f}")
+        return 0
+    if not args.inputs:
+        ap.error("give data files, media files with --modality, or --probe")
+    groups = {args.modality: args.inputs} if args.modality else media_in(args.inputs)
+    failed = {}
+    for modality, paths in groups.items():
+        try:
+            x = encode_files(paths, modality, **kw)
+            print(f"{modality}: {len(x)} files -> {Path(args.cache_dir) / encoder_id(args.encoder, args.checkpoint)}")
+        except EncodeError as e:
+            failed.update(e.failures)
+            print(f"{modality}: {len(set(paths)) - len(e.failures)} files encoded, {len(e.failures)} failed")
+    for p, why in failed.items():
+        print(f"FAILED {p}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""encode.py: parity with the imagebind package, the .npy cache, and bad input."""
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import encode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_png(path, rgb, shape="square"):
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (224, 224), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    (draw.rectangle if shape == "square" else draw.ellipse)([40, 40, 184, 184], fill=rgb)
+    img.save(path)
+
+
+def write_wav(path, freq, seconds=2.0, sr=16000):
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, subtype="PCM_16")
+
+
+def write_mp4(path, rgb, frames=16, fps=8):
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width = s.height = 224
+        s.pix_fmt = "yuv420p"
+        for i in range(frames):
+            a = np.full((224, 224, 3), 255, np.uint8)
+            a[80:144, 8 * i:8 * i + 64] = rgb
+            for pkt in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    write_png(d / "red.png", (220, 20, 20))
+    write_png(d / "blue.png", (20, 20, 220), "circle")
+    write_wav(d / "low.wav", 220)
+    write_wav(d / "long.wav", 660, seconds=3.0)
+    write_mp4(d / "green.mp4", (20, 200, 20))
+    write_mp4(d / "long.mp4", (200, 200, 20), frames=24)  # 3 s: the package's 5 temporal clips differ
+    return d
+
+
+def test_audio_reader_matches_wave_module(media):
+    """Our soundfile reader (the fix for torchaudio.load) returns what the stdlib decodes."""
+    x, sr = encode._load_audio(media / "low.wav")
+    with wave.open(str(media / "low.wav")) as w:
+        ref = np.frombuffer(w.readframes(w.getnframes()), np.int16) / 32768.0
+    assert sr == 16000 and x.shape == (1, 32000)
+    np.testing.assert_allclose(x[0].numpy(), ref, atol=1e-7)
+
+
+@pytest.mark.parametrize("name,modality,package_loader", [
+    ("red.png", "image", "load_and_transform_vision_data"),
+    ("low.wav", "audio", "load_and_transform_audio_data"),
+    ("long.wav", "audio", "load_and_transform_audio_data"),
+    ("green.mp4", "video", "load_and_transform_video_data"),
+    ("long.mp4", "video", "load_and_transform_video_data"),
+])
+def test_tiny_encoder_equals_package_preprocessing_and_model(media, tmp_path, name, modality, package_loader):
+    """encode_files == the imagebind package's own loader (default clips) + ImageBindModel."""
+    ours = encode.encode_files([media / name], modality, "tiny", cache_dir=tmp_path, progress=False)[0]
+    model = encode.load_encoder("tiny")
+    with torch.inference_mode():
+        x = getattr(encode.ib_data, package_loader)([str(media / name)], "cpu")
+        ref = model({encode.IB_KEY[modality]: x})[encode.IB_KEY[modality]][0].numpy()
+    assert ours.shape == (encode.embed_dim("tiny"),)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_encoder_is_seeded():
+    a = encode.load_encoder.__wrapped__("tiny")
+    b = encode.load_encoder.__wrapped__("tiny")
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_cache_hit_miss_and_invalidation(media, tmp_path, monkeypatch):
+    png = tmp_path / "img.png"
+    write_png(png, (220, 20, 20))
+    first = encode.encode_files([png], "image", "tiny", cache_dir=tmp_path / "c", progress=False)
+    files = list((tmp_path / "c").rglob("*.npy"))
+    assert len(files) == 1
+
+    calls = []
+    real = encode.preprocess
+    monkeypatch.setattr(encode, "preprocess", lambda *a: calls.append(a) or real(*a))
+    again = encode.encode_files([png, png], "image", "tiny", cache_dir=tmp_path / "c", progress=False)
+    assert calls == [] and np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[0])
+
+    write_png(png, (20, 20, 220))  # same path, new content: must not return the stale embedding
+    changed = encode.encode_files([png], "image", "tiny", cache_dir=tmp_path / "c", progress=False)
+    assert len(calls) == 1 and not np.allclose(changed, first)
+
+    monkeypatch.setitem(encode.ENCODERS, "tiny", encode.EncoderConfig(64, 2, 4, 512, seed=1))
+    assert encode.encoder_id("tiny") != Path(files[0]).parts[-3]  # another encoder, another folder
+    encode.load_encoder.cache_clear()
+    other = encode.encode_files([png], "image", "tiny", cache_dir=tmp_path / "c", progress=False)
+    encode.load_encoder.cache_clear()
+    assert not np.allclose(other, changed)
+    assert len(list((tmp_path / "c").rglob("*.npy"))) == 3
+
+
+def test_crash_during_write_leaves_no_partial_file(media, tmp_path, monkeypatch):
+    def crash(f, arr):
+        f.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(encode.np, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        encode.encode_files([media / "red.png"], "image", "tiny", cache_dir=tmp_path, progress=False)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
+    x = encode.encode_files([media / "red.png"], "image", "tiny", cache_dir=tmp_path, progress=False)
+    assert x.shape == (1, 512) and np.isfinite(x).all()
+
+
+def test_bad_files_are_reported_and_the_rest_encoded(media, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "text.wav").write_text("this is not audio")
+    (bad / "text.png").write_text("this is not a PNG")
+    (bad / "empty.mp4").write_bytes(b"")
+    png = (media / "red.png").read_bytes()
+    (bad / "cut.png").write_bytes(png[: len(png) // 2])
+    wav = (media / "low.wav").read_bytes()
+    (bad / "cut.wav").write_bytes(wav[: len(wav) // 2])
+    cases = {
+        "image": ([media / "red.png", bad / "text.png", bad / "cut.png", bad / "missing.png"],
+                  {"text.png": "cannot identify image", "cut.png": "truncated", "missing.png": "No such file"}),
+        "audio": ([bad / "text.wav", media / "low.wav", bad / "cut.wav", media / "red.png"],
+                  {"text.wav": "Format not recognised", "cut.wav": "truncated WAV", "red.png": "Format not"}),
+        "video": ([media / "green.mp4", bad / "empty.mp4", bad / "text.wav"],
+                  {"empty.mp4": "empty file (0 bytes)", "text.wav": "Failed to open video"}),
+    }
+    for modality, (paths, expected) in cases.items():
+        with pytest.raises(encode.EncodeError) as err:
+            encode.encode_files(paths, modality, "tiny", cache_dir=tmp_path / "c", progress=False)
+        reasons = {Path(p).name: why for p, why in err.value.failures.items()}
+        assert set(reasons) == set(expected), modality
+        for name, fragment in expected.items():
+            assert fragment in reasons[name], (name, reasons[name])
+            assert name in str(err.value)
+    npys = list((tmp_path / "c").rglob("*.npy"))
+    assert len(npys) == 3  # the one good file of each modality was cached
+    assert all(np.isfinite(np.load(p)).all() for p in npys)
+
+
+def test_cli_on_a_data_file_and_exit_codes(media, tmp_path):
+    rec = {"id": "r0", "kind": "input", "instruction": "Describe it.", "target": {"response": "x", "invocations": []},
+           "media": [{"modality": "image", "path": "red.png"}, {"modality": "audio", "path": "low.wav"}]}
+    data = media / "data.jsonl"
+    data.write_text(json.dumps(rec) + "\n")
+    assert encode.media_in([data]) == {"image": [str(media / "red.png")], "audio": [str(media / "low.wav")]}
+    run = lambda *a: subprocess.run([sys.executable, "encode.py", *map(str, a), "--encoder", "tiny",  # noqa: E731
+                                     "--cache-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    ok = run(data)
+    assert ok.returncode == 0, ok.stderr
+    assert "image: 1 files" in ok.stdout and "audio: 1 files" in ok.stdout
+    bad = run("--modality", "audio", media / "low.wav", media / "red.png")
+    assert bad.returncode == 1 and f"FAILED {media / 'red.png'}" in bad.stderr
+    assert run("--help").returncode == 0
+
+
+def test_probe_finds_colour_and_not_noise(tmp_path):
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+    lines = []
+    for i in range(48):
+        c = list(colours)[i % 3]
+        write_png(tmp_path / f"{i}.png", colours[c], "square" if i % 2 else "circle")
+        attrs = {"colour": c, "noise": str(rng.integers(3))}
+        lines.append(json.dumps({"path": f"{i}.png", "modality": "image", "attributes": attrs}))
+    (tmp_path / "media.jsonl").write_text("\n".join(lines) + "\n")
+    rows = {r["attribute"]: r for r in encode.probe(str(tmp_path / "media.jsonl"), encoder="tiny",
+                                                     cache_dir=tmp_path / "c", progress=False)}
+    assert rows["colour"]["split"] >= 0.9
+    assert rows["noise"]["split"] <= 0.7  # a label the image does not show stays near chance (1/3)
