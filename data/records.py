@@ -1,0 +1,134 @@
+"""The data record of data/README.md, checked and read/written as JSON Lines.
+
+Shared by the data/ tools (convert.py, make_instructions.py, summary.py); imports no stage, so a
+student can swap any stage without touching the data tools. One record per line:
+
+    {"id": "coco-000123", "kind": "input" | "output" | "reasoning",
+     "instruction": "Describe this image in one sentence.",
+     "media": [{"modality": "image", "path": "images/000123.jpg"}],   # relative to the .jsonl's folder
+     "target": {"response": "A dog runs on a beach.",
+                "invocations": [{"model": "text-to-image", "prompt": "a dog on a beach, photo"}]}}
+
+Extra keys are allowed and ignored here. Use:
+    from records import validate_record, read_jsonl, write_jsonl   # with data/ on sys.path
+"""
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+MODALITIES = ("image", "video", "audio")
+MODELS = ("text-to-image", "text-to-video", "text-to-audio")
+KINDS = ("input", "output", "reasoning")
+MODEL_FOR = {"image": "text-to-image", "video": "text-to-video", "audio": "text-to-audio"}
+NOUN = {"image": "image", "video": "video", "audio": "audio clip"}  # how instructions name a modality
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line (or item) and what is wrong."""
+
+
+def validate_record(rec) -> list[str]:
+    """Problems with one record (empty list = valid). Checks types and the closed vocabularies."""
+    if not isinstance(rec, dict):
+        return [f"a record must be a JSON object, got {type(rec).__name__}"]
+    problems = []
+    if not isinstance(rec.get("id"), str) or not rec["id"]:
+        problems.append("'id' must be a non-empty string")
+    if rec.get("kind") not in KINDS:
+        problems.append(f"'kind' must be one of {KINDS}, got {rec.get('kind')!r}")
+    if not isinstance(rec.get("instruction"), str) or not rec["instruction"].strip():
+        problems.append("'instruction' must be a non-empty string")
+    media = rec.get("media")
+    if not isinstance(media, list):
+        problems.append("'media' must be a list (may be empty)")
+    else:
+        for i, m in enumerate(media):
+            if not isinstance(m, dict) or m.get("modality") not in MODALITIES:
+                problems.append(f"media[{i}].modality must be one of {MODALITIES}")
+            elif not isinstance(m.get("path"), str) or not m["path"]:
+                problems.append(f"media[{i}].path must be a non-empty string")
+    target = rec.get("target")
+    if not isinstance(target, dict):
+        return problems + ["'target' must be an object with 'response' and 'invocations'"]
+    if not isinstance(target.get("response"), str):
+        problems.append("target.response must be a string")
+    invocations = target.get("invocations")
+    if not isinstance(invocations, list):
+        return problems + ["target.invocations must be a list (may be empty)"]
+    for i, inv in enumerate(invocations):
+        if not isinstance(inv, dict) or inv.get("model") not in MODELS:
+            problems.append(f"target.invocations[{i}].model must be one of {MODELS}")
+        elif not isinstance(inv.get("prompt"), str) or not inv["prompt"].strip():
+            problems.append(f"target.invocations[{i}].prompt must be a non-empty string")
+    if rec.get("kind") == "output" and not invocations:
+        problems.append("an 'output' record must invoke at least one model")
+    elif not invocations and not str(target.get("response", "")).strip():
+        problems.append("a record without invocations needs a non-empty target.response")
+    return problems
+
+
+def missing_media(rec: dict, base_dir: str) -> list[str]:
+    """Media paths of `rec` (resolved against base_dir, the .jsonl's folder) that are not files."""
+    paths = (os.path.join(base_dir, m["path"]) for m in rec.get("media", []))
+    return [p for p in paths if not os.path.isfile(p)]
+
+
+def meta_response(target: dict) -> str:
+    """The meta-response text, for length statistics only. It matches the spec's serialisation
+    (json.dumps, ensure_ascii=False); training must use agent.format_meta_response."""
+    return json.dumps(target, ensure_ascii=False)
+
+
+def scan_jsonl(path: str) -> Iterator[tuple[int, dict | None, list[str]]]:
+    """Yield (line number, record or None, problems) for every non-blank line; never raises on
+    bad content, so a summary can count invalid lines. Missing file -> DataError."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, None, [f"not valid JSON ({e.msg} at column {e.colno})"]
+                continue
+            yield lineno, rec, validate_record(rec)
+
+
+def read_jsonl(path: str, validate: bool = True) -> list[dict]:
+    """All records of a .jsonl file; the first bad line raises DataError naming path:line."""
+    records = []
+    for lineno, rec, problems in scan_jsonl(path):
+        if rec is None or (validate and problems):
+            raise DataError(f"{path}:{lineno}: {'; '.join(problems)}")
+        records.append(rec)
+    return records
+
+
+def write_jsonl(path: str, records: Iterable[dict]) -> int:
+    """Write records atomically (temp file, then os.replace); returns how many were written."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp, n = path + ".tmp", 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def append_jsonl(fh, rec: dict) -> None:
+    """Append one record and flush, so an interrupted run keeps every finished line."""
+    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    fh.flush()
+
+
+def rebase(path: str, from_dir: str, to_dir: str) -> str:
+    """A media path relative to from_dir, rewritten relative to to_dir (absolute paths stay)."""
+    if os.path.isabs(path):
+        return path
+    return os.path.relpath(os.path.join(from_dir, path), to_dir)
