@@ -1,0 +1,458 @@
+"""Build the toy ModaVerse data set: synthetic media + instruction -> meta-response records.
+
+Not a stage of Eq. (1) itself: it makes the (instruction, media) -> meta-response pairs that train the
+projector P and the LoRA of the LLM (paper Sec. 3.2: input-side, output-side and reasoning instructions),
+offline and on a CPU. Every media item is a PNG, WAV or MP4 described by a few attributes that a *random*
+ImageBind still carries (colour; audio pitch, waveform, rhythm: see data/README.md), and some attribute
+combinations are kept out of training so that the test split measures generalisation.
+
+Run (same seed -> byte-identical files):
+    python data/make_toy.py --out data/toy --seed 0                 # full: ~3600 records, 428 media files
+    python data/make_toy.py --out /tmp/toy --seed 0 --preset small  # tests / CI: a few seconds
+The record format and the design are specified in data/README.md. This file imports no stage.
+"""
+import argparse
+import json
+import shutil
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass(frozen=True)
+class ToyConfig:
+    images: tuple[int, int, int]   # media files per split (train, val, test)
+    audios: tuple[int, int, int]
+    videos: tuple[int, int, int]
+    records: tuple[int, int, int]  # instruction records per split
+
+
+PRESETS = {
+    "small": ToyConfig(images=(16, 8, 8), audios=(30, 15, 15), videos=(16, 8, 8), records=(400, 60, 60)),
+    "full": ToyConfig(images=(72, 24, 24), audios=(90, 45, 45), videos=(64, 32, 32), records=(3000, 300, 300)),
+}
+SPLITS = ("train", "val", "test")
+MODELS = ("text-to-image", "text-to-video", "text-to-audio")
+SIZE, SAMPLE_RATE, SECONDS, FPS = 224, 16000, 2.0, 10   # image/video side, audio rate, clip length, video fps
+
+# Attribute vocabularies. The words are the ones the targets use.
+COLOURS = {"red": (215, 40, 40), "orange": (245, 140, 25), "yellow": (235, 210, 35), "green": (45, 160, 65),
+           "blue": (40, 85, 220), "purple": (130, 55, 190), "pink": (245, 125, 195), "brown": (125, 80, 40)}
+SHAPES = ("circle", "square", "triangle")          # few and very distinct: a random encoder carries shape only partly
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+PITCHES = {"very low": 110.0, "low": 220.0, "medium": 440.0, "high": 880.0, "very high": 1760.0}  # Hz, octaves
+WAVEFORMS = ("sine", "square", "sawtooth")
+RHYTHMS = {"steady": "held steady", "two beeps": "in two beeps", "four beeps": "in four beeps"}
+# The toy's "world knowledge" (paper: "an image of the animal that makes this sound").
+FOOD = {"red": "strawberry", "orange": "carrot", "yellow": "banana", "green": "cucumber", "blue": "blueberry",
+        "purple": "plum", "pink": "dragon fruit", "brown": "potato"}
+INSTRUMENT = {"sine": "flute", "square": "clarinet", "sawtooth": "violin"}
+WAVEFORM_OF = {v: k for k, v in INSTRUMENT.items()}
+THINGS = ("kite", "balloon", "car", "boat", "bird", "ball", "hat", "fish")
+
+# Combinations that never occur in train; every val/test record contains at least one (data/README.md).
+HELD_OUT = {
+    "colour+waveform": {("red", "sine"), ("yellow", "square"), ("green", "sawtooth"),
+                        ("blue", "sine"), ("purple", "square"), ("brown", "sawtooth")},
+    "model+colour": {("text-to-image", "green"), ("text-to-video", "pink")},
+    "model+pitch": {("text-to-audio", "very low")},
+}
+
+# Instruction wording signals the output model (paper Sec. 3.2, output-side alignment).
+VERBS = {"text-to-image": ("Draw", "Paint", "Sketch", "Make a picture of"),
+         "text-to-video": ("Film", "Animate", "Make a clip of", "Shoot a video of"),
+         "text-to-audio": ("Compose", "Play", "Make a sound of", "Generate audio of")}
+RESPONSE = {"text-to-image": "Here is the picture.", "text-to-video": "Here is the video.",
+            "text-to-audio": "Here is the sound."}
+NOUNS = {"image": ("image", "picture"), "video": ("video", "clip"), "audio": ("sound", "audio")}
+
+# ----------------------------------------------------------------------------- helpers and media
+
+
+def a(phrase: str) -> str:
+    """'orange kite' -> 'an orange kite'."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def choice(rng: np.random.Generator, options):
+    """rng.choice for a sequence of str, returning a plain str (not np.str_)."""
+    options = list(options)
+    return options[rng.integers(len(options))]
+
+
+def attribute_grid(values: dict[str, tuple], j: int) -> dict[str, str]:
+    """Attributes of the j-th item: a bijection of j mod the product, first attribute varying fastest.
+
+    Each digit is shifted by the digits before it, so a short run of items already varies every attribute
+    (a plain odometer would keep the slow attributes fixed in the small preset)."""
+    out, shift, rest = {}, 0, j
+    for name, vals in values.items():
+        digit = rest % len(vals)
+        rest //= len(vals)
+        out[name] = vals[(digit + shift) % len(vals)]
+        shift += digit
+    return out
+
+
+def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Corners of a square or triangle of circumradius r, rotated by angle (radians)."""
+    n = {"square": 4, "triangle": 3}[shape]
+    start = -np.pi / 2 + (np.pi / 4 if n == 4 else 0.0)
+    return [(cx + r * np.cos(start + angle + 2 * np.pi * k / n), cy + r * np.sin(start + angle + 2 * np.pi * k / n))
+            for k in range(n)]
+
+
+def draw_frame(colour: tuple, shape: str, cx: float, cy: float, r: float, angle: float, bg: int) -> np.ndarray:
+    """(SIZE, SIZE, 3) uint8 frame; drawn at 2x and downsampled so edges are anti-aliased."""
+    img = Image.new("RGB", (2 * SIZE, 2 * SIZE), (bg, bg, bg))
+    d = ImageDraw.Draw(img)
+    if shape == "circle":
+        d.ellipse([2 * (cx - r), 2 * (cy - r), 2 * (cx + r), 2 * (cy + r)], fill=colour)
+    else:
+        d.polygon([(2 * x, 2 * y) for x, y in shape_polygon(shape, cx, cy, r, angle)], fill=colour)
+    return np.asarray(img.reduce(2))  # 2x2 box filter: cheap anti-aliasing
+
+
+def jitter_colour(rng: np.random.Generator, name: str) -> tuple[int, int, int]:
+    return tuple(int(c) for c in np.clip(np.array(COLOURS[name]) + rng.integers(-12, 13, 3), 0, 255))
+
+
+def make_image(path: Path, attrs: dict, rng: np.random.Generator) -> None:
+    """A large, roughly centred shape (FACTS.md: shape survives a random encoder best that way)."""
+    cx, cy = SIZE / 2 + rng.uniform(-12, 12, 2)
+    r = rng.uniform(62, 80)
+    frame = draw_frame(jitter_colour(rng, attrs["colour"]), attrs["shape"], cx, cy, r,
+                       rng.uniform(-0.25, 0.25), int(rng.integers(235, 256)))
+    Image.fromarray(frame).save(path)
+
+
+def make_audio(path: Path, attrs: dict, rng: np.random.Generator) -> None:
+    """A tone: pitch (octaves), waveform (band-limited harmonics), rhythm (steady / 2 / 4 beeps)."""
+    t = np.arange(int(SAMPLE_RATE * SECONDS)) / SAMPLE_RATE
+    f0 = PITCHES[attrs["pitch"]] * rng.uniform(0.985, 1.015)
+    harmonics = {"sine": [1], "square": range(1, 40, 2), "sawtooth": range(1, 40)}[attrs["waveform"]]
+    x = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k
+            for k in harmonics if k * f0 < SAMPLE_RATE / 2)
+    x /= np.abs(x).max()
+    beeps = {"steady": 1, "two beeps": 2, "four beeps": 4}[attrs["rhythm"]]
+    period = SECONDS / beeps
+    on = 0.96 * SECONDS if beeps == 1 else 0.55 * period
+    start = (t + rng.uniform(0, 0.02)) % period
+    ramp = 0.01  # 10 ms fades avoid clicks
+    env = np.clip(np.minimum(start, on - start) / ramp, 0, 1) * (start < on)
+    x = x * env * rng.uniform(0.35, 0.6) + rng.normal(0, 0.003, t.shape)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)  # 16-bit PCM
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def make_video(path: Path, attrs: dict, rng: np.random.Generator) -> None:
+    """A shape crossing the frame in one direction, SECONDS long at FPS, H.264 in MP4."""
+    dx, dy = DIRECTIONS[attrs["direction"]]
+    colour, bg = jitter_colour(rng, attrs["colour"]), int(rng.integers(235, 256))
+    r, angle, travel = rng.uniform(38, 46), rng.uniform(-0.25, 0.25), rng.uniform(95, 115)
+    c0 = SIZE / 2 - travel / 2 * np.array([dx, dy]) + rng.uniform(-8, 8, 2)
+    n = int(FPS * SECONDS)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("h264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
+        # Byte-identical output across runs needs one thread and no macroblock-tree rate control: with mbtree,
+        # this x264 build gave a different stream for ~1 in 30 clips (same frames, same process).
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": "23", "x264-params": "mbtree=0"}
+        for i in range(n):
+            cx, cy = c0 + travel * i / (n - 1) * np.array([dx, dy])
+            frame = av.VideoFrame.from_ndarray(draw_frame(colour, attrs["shape"], cx, cy, r, angle, bg), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+MEDIA = {  # modality -> (folder, extension, attributes, writer, caption)
+    "image": ("images", "png", {"colour": tuple(COLOURS), "shape": SHAPES}, make_image,
+              lambda m: a(f"{m['colour']} {m['shape']}")),
+    "audio": ("audio", "wav", {"pitch": tuple(PITCHES), "waveform": WAVEFORMS, "rhythm": tuple(RHYTHMS)},
+              make_audio, lambda m: a(f"{m['pitch']} {m['waveform']} tone {RHYTHMS[m['rhythm']]}")),
+    "video": ("videos", "mp4", {"colour": tuple(COLOURS), "shape": SHAPES, "direction": tuple(DIRECTIONS)},
+              make_video, lambda m: a(f"{m['colour']} {m['shape']} moving {m['direction']}")),
+}
+
+
+def make_media(out: Path, cfg: ToyConfig, seed: int) -> list[dict]:
+    """Write every media file; returns the media.jsonl rows. Each item has its own RNG stream."""
+    rows = []
+    for m, (folder, ext, values, writer, caption) in MEDIA.items():
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        counts = {"image": cfg.images, "audio": cfg.audios, "video": cfg.videos}[m]
+        splits = [s for s, n in zip(SPLITS, counts) for _ in range(n)]
+        for j, split in enumerate(splits):
+            attrs = attribute_grid(values, j)
+            path = f"{folder}/{m[0]}{j:04d}.{ext}"
+            writer(out / path, attrs, np.random.default_rng([seed, list(MEDIA).index(m), j]))
+            rows.append({"path": path, "modality": m, "split": split, "caption": caption(attrs), "attributes": attrs})
+    return rows
+
+# ----------------------------------------------------------------------------- instruction records
+# A family returns (kind, instruction, media items, target, combos) for media drawn from one split's pool.
+# `combos` lists the attribute pairings of the record that HELD_OUT is checked against.
+
+
+def describe_visual(item: dict) -> str:
+    """Video shape and direction are not said: a random encoder hardly carries them (data/README.md)."""
+    at = item["attributes"]
+    if item["modality"] == "image":
+        return f"the image shows {a(at['colour'] + ' ' + at['shape'])}"
+    return f"the video shows {a(at['colour'])} shape moving"
+
+
+def tone(at: dict, pitch=None, waveform=None, rhythm=None) -> str:
+    return a(f"{pitch or at['pitch']} {waveform or at['waveform']} tone {RHYTHMS[rhythm or at['rhythm']]}")
+
+
+def invocation(model: str, colour: str, thing: str, direction: str) -> tuple[dict, list]:
+    """Generator-style prompt for text-to-image / text-to-video, and the model+colour combo it makes."""
+    if model == "text-to-image":
+        prompt = f"a picture of {a(colour + ' ' + thing)}"
+    else:
+        prompt = f"a video of {a(colour + ' ' + thing)} moving {direction}"
+    return {"model": model, "prompt": prompt}, ["model+colour", model, colour]
+
+
+def pair_combo(visual: dict, audio: dict) -> list:
+    return ["colour+waveform", visual["attributes"]["colour"], audio["attributes"]["waveform"]]
+
+
+def f_describe_one(rng, pick):
+    item = pick(choice(rng, ["image", "video", "audio"]))
+    noun = choice(rng, NOUNS[item["modality"]])
+    instruction = choice(rng, [f"Describe the given {noun}.", f"What is in this {noun}?",
+                              f"Tell me what the {noun} contains.", f"Give a short description of this {noun}."])
+    text = (f"the audio is {tone(item['attributes'])}" if item["modality"] == "audio" else describe_visual(item))
+    return "input", instruction, [item], text[0].upper() + text[1:] + ".", None, []
+
+
+def f_describe_pair(rng, pick):
+    visual, audio = pick(choice(rng, ["image", "video"])), pick("audio")
+    noun = choice(rng, NOUNS[visual["modality"]])
+    parts = [describe_visual(visual), f"the audio is {tone(audio['attributes'])}"]
+    media, first = [visual, audio], rng.random() < 0.7
+    if not first:
+        parts, media = parts[::-1], media[::-1]
+    names = f"{noun} and the sound" if first else f"sound and the {noun}"
+    instruction = choice(rng, [f"Describe the given {names}.", f"What do the {names} contain?",
+                              f"Describe both the {names}."])
+    response = f"{parts[0][0].upper()}{parts[0][1:]}, and {parts[1]}."
+    return "input", instruction, media, response, None, [pair_combo(visual, audio)]
+
+
+def f_food(rng, pick):
+    item = pick(choice(rng, ["image", "video"]))
+    noun, colour = choice(rng, NOUNS[item["modality"]]), item["attributes"]["colour"]
+    instruction = choice(rng, [f"What food has the same colour as this {noun}?",
+                              f"Name a food with the colour of this {noun}."])
+    response = f"{a(FOOD[colour]).capitalize()}, because the {item['modality']} is {colour}."
+    return "reasoning", instruction, [item], response, None, []
+
+
+def f_instrument(rng, pick):
+    item = pick("audio")
+    w = item["attributes"]["waveform"]
+    instruction = choice(rng, ["Which instrument could make this sound?", "What instrument might be playing here?"])
+    response = f"{a(INSTRUMENT[w]).capitalize()}, because the audio is {a(w)} tone."
+    return "reasoning", instruction, [item], response, None, []
+
+
+def f_beeps(rng, pick):
+    item = pick("audio")
+    instruction = choice(rng, ["How many beeps are in this sound?", "Count the beeps in the audio."])
+    response = {"steady": "None, the tone is held steady.", "two beeps": "Two beeps.",
+                "four beeps": "Four beeps."}[item["attributes"]["rhythm"]]
+    return "reasoning", instruction, [item], response, None, []
+
+
+def f_same_colour(rng, pick):
+    image = pick("image")
+    c1 = image["attributes"]["colour"]
+    video = pick("video", colour=c1 if rng.random() < 0.4 else None)  # ~40% "yes"
+    c2 = video["attributes"]["colour"]
+    instruction = choice(rng, ["Do the picture and the video have the same colour?",
+                              "Are the image and the clip the same colour?"])
+    response = f"Yes, both are {c1}." if c1 == c2 else f"No, the image is {c1} and the video is {c2}."
+    return "reasoning", instruction, [image, video], response, None, []
+
+
+def f_food_and_instrument(rng, pick):
+    visual, audio = pick(choice(rng, ["image", "video"])), pick("audio")
+    colour, w = visual["attributes"]["colour"], audio["attributes"]["waveform"]
+    noun = choice(rng, NOUNS[visual["modality"]])
+    instruction = choice(rng, [
+        f"Which food matches the colour of this {noun}, and which instrument could play this sound?",
+        f"Name a food with the colour of the {noun} and an instrument for the sound."])
+    response = (f"{a(FOOD[colour]).capitalize()} for the {colour} {visual['modality']}, "
+                f"and {a(INSTRUMENT[w])} for the {w} tone.")
+    return "reasoning", instruction, [visual, audio], response, None, [pair_combo(visual, audio)]
+
+
+def f_paint_thing(rng, pick):
+    """Colour from the media, object and direction from the instruction."""
+    item, model = pick(choice(rng, ["image", "video"])), choice(rng, MODELS[:2])
+    noun, thing, verb = choice(rng, NOUNS[item["modality"]]), choice(rng, THINGS), choice(rng, VERBS[model])
+    direction = choice(rng, list(DIRECTIONS))
+    move = f", moving {direction}" if model == "text-to-video" else ""
+    instruction = choice(rng, [f"{verb} {a(thing)} in the colour of this {noun}{move}.",
+                              f"Using the colour of this {noun}, {verb[0].lower()}{verb[1:]} {a(thing)}{move}."])
+    inv, combo = invocation(model, item["attributes"]["colour"], thing, direction)
+    return "output", instruction, [item], RESPONSE[model], inv, [combo]
+
+
+def f_paint_instrument(rng, pick):
+    """Paper: 'Generate an image of the animal that makes this sound'. Colour from the instruction."""
+    item, model = pick("audio"), choice(rng, MODELS[:2])
+    colour, verb, direction = choice(rng, list(COLOURS)), choice(rng, VERBS[model]), choice(rng, list(DIRECTIONS))
+    move = f", moving {direction}" if model == "text-to-video" else ""
+    instruction = choice(rng, [f"{verb} the instrument that makes this sound, in {colour}{move}.",
+                              f"{verb} the instrument playing this audio, coloured {colour}{move}."])
+    inv, combo = invocation(model, colour, INSTRUMENT[item["attributes"]["waveform"]], direction)
+    return "output", instruction, [item], RESPONSE[model], inv, [combo]
+
+
+def f_colour_instrument(rng, pick):
+    """Instrument from the audio, colour from the image/video: needs both media items."""
+    visual, audio, model = pick(choice(rng, ["image", "video"])), pick("audio"), choice(rng, MODELS[:2])
+    noun, verb = choice(rng, NOUNS[visual["modality"]]), choice(rng, VERBS[model])
+    direction = choice(rng, list(DIRECTIONS))
+    move = f", moving {direction}" if model == "text-to-video" else ""
+    instruction = f"{verb} the instrument that makes this sound, in the colour of this {noun}{move}."
+    instrument = INSTRUMENT[audio["attributes"]["waveform"]]
+    inv, combo = invocation(model, visual["attributes"]["colour"], instrument, direction)
+    return "output", instruction, [audio, visual], RESPONSE[model], inv, [combo, pair_combo(visual, audio)]
+
+
+def f_replay_sound(rng, pick):
+    """text-to-audio: keep pitch from the audio, change the rhythm or the instrument by instruction."""
+    item, model = pick("audio"), "text-to-audio"
+    at, verb = item["attributes"], choice(rng, VERBS["text-to-audio"])
+    if rng.random() < 0.5:
+        rhythm = choice(rng, list(RHYTHMS))
+        instruction, prompt = f"{verb} this tone again, {RHYTHMS[rhythm]}.", tone(at, rhythm=rhythm)
+    else:
+        instrument = choice(rng, list(WAVEFORM_OF))
+        instruction = f"{verb} this tune again, played on {a(instrument)}."
+        prompt = tone(at, waveform=WAVEFORM_OF[instrument])
+    inv, combo = {"model": model, "prompt": prompt}, ["model+pitch", model, at["pitch"]]
+    return "output", instruction, [item], RESPONSE[model], inv, [combo]
+
+
+# family -> (weight in train, weight in val/test). Only families that can hold a held-out combo go to val/test.
+FAMILIES = {f_describe_one: (0.17, 0), f_describe_pair: (0.08, 0.15), f_food: (0.06, 0), f_instrument: (0.05, 0),
+            f_beeps: (0.04, 0), f_same_colour: (0.04, 0), f_food_and_instrument: (0.06, 0.15),
+            f_paint_thing: (0.22, 0.25), f_paint_instrument: (0.08, 0.10), f_colour_instrument: (0.10, 0.15),
+            f_replay_sound: (0.10, 0.20)}
+
+
+def is_held_out(combo: list) -> bool:
+    return tuple(combo[1:]) in HELD_OUT[combo[0]]
+
+
+def make_records(media_rows: list[dict], cfg: ToyConfig, seed: int) -> dict[str, list[dict]]:
+    """Rejection-sample records per split: train never holds a HELD_OUT combo, val/test always do."""
+    records = {}
+    for s, (split, n) in enumerate(zip(SPLITS, cfg.records)):
+        rng = np.random.default_rng([seed, 100 + s])
+        pool = [r for r in media_rows if r["split"] == split]
+
+        def pick(modality, colour=None):
+            cands = [r for r in pool if r["modality"] == modality and colour in (None, r["attributes"].get("colour"))]
+            return cands[rng.integers(len(cands))]
+
+        fams = list(FAMILIES)
+        weights = np.array([w[split != "train"] for w in FAMILIES.values()])
+        out = []
+        while len(out) < n:
+            fam = fams[rng.choice(len(fams), p=weights / weights.sum())]
+            # Resample within the family (not across families), so the family mix follows the weights.
+            for _ in range(1000):
+                kind, instruction, items, response, inv, combos = fam(rng, pick)
+                if any(map(is_held_out, combos)) == (split != "train"):
+                    break
+            else:
+                raise ValueError(f"{fam.__name__} made no {split} record in 1000 tries: "
+                                 f"{'every' if split == 'train' else 'no'} record holds a HELD_OUT combination")
+            out.append({"id": f"toy-{split}-{len(out):05d}", "kind": kind, "instruction": instruction,
+                        "media": [{"modality": r["modality"], "path": r["path"]} for r in items],
+                        "target": {"response": response, "invocations": [inv] if inv else []},
+                        "split": split, "family": fam.__name__[2:], "combos": combos})
+        records[split] = out
+    return records
+
+
+def require(ok: bool, message: str) -> None:
+    """An assert that `python -O` cannot strip."""
+    if not ok:
+        raise ValueError(message)
+
+
+def check(records: dict[str, list[dict]], media_rows: list[dict]) -> None:
+    """The data set's invariants (also tested): held-out combos only outside train, valid targets."""
+    split_of = {r["path"]: r["split"] for r in media_rows}
+    for split, recs in records.items():
+        for r in recs:
+            held = [c for c in r["combos"] if is_held_out(c)]
+            require(not held if split == "train" else bool(held), f"{r['id']}: held-out combos {held} in {split}")
+            require(all(split_of[m["path"]] == split for m in r["media"]), f"{r['id']} uses another split's media")
+            require(all(i["model"] in MODELS and i["prompt"] for i in r["target"]["invocations"]),
+                    f"{r['id']}: bad invocation {r['target']}")
+    for m, key in (("image", "colour"), ("video", "colour"), ("audio", "pitch"), ("audio", "waveform"),
+                   ("audio", "rhythm")):
+        for split in SPLITS:
+            have = {r["attributes"][key] for r in media_rows if r["modality"] == m and r["split"] == split}
+            require(len(have) == len(MEDIA[m][2][key]), f"{split} {m} files lack some {key}: only {sorted(have)}")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def build(out_dir: str, seed: int = 0, preset: str = "full") -> dict[str, int]:
+    """Write media files, media.jsonl and {train,val,test}.jsonl under out_dir; returns counts."""
+    cfg, out = PRESETS[preset], Path(out_dir)
+    if (out / "media.jsonl").exists():  # a previous toy set: clear only what we wrote, so no stale files remain
+        for folder, *_ in MEDIA.values():
+            shutil.rmtree(out / folder, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    media_rows = make_media(out, cfg, seed)
+    records = make_records(media_rows, cfg, seed)
+    check(records, media_rows)
+    write_jsonl(out / "media.jsonl", media_rows)
+    for split, recs in records.items():
+        write_jsonl(out / f"{split}.jsonl", recs)
+    counts = {f"media_{m}": sum(r["modality"] == m for r in media_rows) for m in MEDIA}
+    counts.update({f"{split}_{kind}": sum(r["kind"] == kind for r in recs)
+                   for split, recs in records.items() for kind in ("input", "output", "reasoning")})
+    return counts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="See data/README.md.")
+    p.add_argument("--out", default="data/toy", help="output folder (media files + *.jsonl)")
+    p.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full", help="size: small (tests/CI) or full")
+    args = p.parse_args()
+    t0 = time.time()
+    counts = build(args.out, args.seed, args.preset)
+    for split in SPLITS:
+        print(f"{split:5s}: " + ", ".join(f"{k}={counts[f'{split}_{k}']}" for k in ("input", "output", "reasoning")))
+    print("media: " + ", ".join(f"{m}={counts[f'media_{m}']}" for m in MEDIA))
+    print(f"wrote {args.out} ({args.preset}, seed {args.seed}) in {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
