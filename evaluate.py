@@ -1,0 +1,394 @@
+"""How well ModaVerse works: the meta-response O2 that LLM' writes in the paper's Eq. (1), the text answers
+as the paper scores them (Sec. 4.1: BLEU-4, METEOR, CIDEr), and the generated O' where pretrained judges exist.
+
+    python evaluate.py data/toy/test.jsonl --adapter out/toy             # predict with a trained adapter, score
+    python evaluate.py data/toy/test.jsonl --predictions preds.jsonl     # score {"id", "prediction"} lines
+    python evaluate.py data/coco/test.jsonl --predictions p.jsonl --no-meteor --out report.json
+    python evaluate.py --generated outputs/ --fid_reference coco/val2014  # CLIPSIM / FID of generate.py's files
+
+Meta-response metrics (per record, averaged overall, per instruction kind and per modality combination):
+  JSON       the whole text is our format: one JSON object {"response": str, "invocations": [{"model", "prompt"}]}
+  parse      generate.parse_meta_response read it and reported no problem (prose around JSON, or plain
+             text = a text-only reply, are fine; an empty or missing prediction is not)
+  model      the parsed sequence of invoked models equals the target's (both empty counts as right)
+  prompt=    records whose target invokes a model: every prompt equal to the target's, paired by position
+  promptF1   the same pairs scored by SQuAD token F1 (an unpaired invocation scores 0), averaged
+  exact      valid JSON equal to the target object
+Captioning metrics use pycocoevalcap (the COCO caption evaluation code the paper's baselines report with):
+METEOR and the PTB tokenizer need Java; without it BLEU/CIDEr use a plain tokenizer and METEOR is skipped.
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import string
+import sys
+import time
+from itertools import zip_longest
+
+MODELS = ("text-to-image", "text-to-video", "text-to-audio")  # the fixed model-zoo names (SPEC)
+METRICS = ("json", "parse", "model", "prompt_exact", "prompt_f1", "exact")
+HEADERS = ("JSON", "parse", "model", "prompt=", "promptF1", "exact")
+
+
+# ----------------------------------------------------------------------------- meta-response O2
+def strict_meta(text: str) -> dict | None:
+    """The object if `text` is exactly our meta-response format, else None (no prose, no extra keys)."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not (isinstance(obj, dict) and set(obj) == {"response", "invocations"}
+            and isinstance(obj["response"], str) and isinstance(obj["invocations"], list)):
+        return None
+    ok = all(isinstance(i, dict) and set(i) == {"model", "prompt"} and i["model"] in MODELS
+             and isinstance(i["prompt"], str) for i in obj["invocations"])
+    return obj if ok else None
+
+
+def normalize_tokens(text: str) -> list[str]:
+    """SQuAD v1.1's answer normalisation: lower case, no punctuation, no articles, split on whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1: harmonic mean of precision and recall of the shared tokens (a bag, counted)."""
+    pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((collections.Counter(pred) & collections.Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def combination(record: dict) -> str:
+    """'audio+image->image': input media modalities -> output modalities ('text' when there are none)."""
+    inputs = sorted({m["modality"] for m in record.get("media", [])})
+    outputs = sorted({i["model"].removeprefix("text-to-") for i in record["target"]["invocations"]})
+    return f"{'+'.join(inputs) or 'text'}->{'+'.join(outputs) or 'text'}"
+
+
+def score_record(record: dict, prediction: str) -> dict:
+    """The six metrics for one prediction (None where a metric does not apply)."""
+    from generate import parse_meta_response  # lazy: evaluate sits on top of the stages
+
+    target, strict = record["target"], strict_meta(prediction)
+    meta = parse_meta_response(prediction)
+    pairs = list(zip_longest(target["invocations"], meta.invocations))  # (target dict | None, Invocation | None)
+    has_prompts = bool(target["invocations"])
+    return {
+        "json": float(strict is not None),
+        "parse": float(bool(prediction.strip()) and not meta.problems),
+        "model": float([i.model for i in meta.invocations] == [t["model"] for t in target["invocations"]]),
+        "prompt_exact": float(all(t and p and p.prompt.strip() == t["prompt"].strip() for t, p in pairs))
+        if has_prompts else None,
+        "prompt_f1": sum(token_f1(p.prompt, t["prompt"]) if t and p else 0.0 for t, p in pairs) / len(pairs)
+        if has_prompts else None,
+        "exact": float(strict is not None and strict == target),
+    }
+
+
+def score_meta_responses(records: list[dict], predictions: dict[str, str]) -> dict:
+    """Meta-response metrics of predictions {id: text} on records (data/README.md), as fractions in [0, 1].
+    Returns {"n", "missing": [ids without a prediction, scored as ""], "groups": {name: {metric: value,
+    "n": records, "n_prompt": records with a target prompt}}}; groups: "all", "kind=...", combinations."""
+    groups = collections.defaultdict(list)
+    for rec in records:
+        s = score_record(rec, predictions.get(rec["id"], ""))
+        for name in ("all", f"kind={rec['kind']}", combination(rec)):
+            groups[name].append(s)
+    report = {"n": len(records), "missing": [r["id"] for r in records if r["id"] not in predictions], "groups": {}}
+    for name in ["all", *sorted(g for g in groups if g.startswith("kind=")),
+                 *sorted(g for g in groups if g != "all" and not g.startswith("kind="))]:
+        rows, out = groups[name], {"n": len(groups[name])}
+        for m in METRICS:
+            values = [s[m] for s in rows if s[m] is not None]
+            out[m] = sum(values) / len(values) if values else None
+        out["n_prompt"] = sum(s["prompt_f1"] is not None for s in rows)
+        report["groups"][name] = out
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The meta-response report as an aligned text table of percentages."""
+    lines = [f"{'group':<24}{'n':>6}" + "".join(f"{h:>10}" for h in HEADERS)]
+    for name, g in report["groups"].items():
+        cells = "".join(f"{'-' if g[m] is None else f'{100 * g[m]:.1f}':>10}" for m in METRICS)
+        lines.append(f"{name:<24}{g['n']:>6}{cells}")
+    if report["missing"]:
+        lines.append(f"({len(report['missing'])} records had no prediction and were scored as empty text)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- text answers (captioning)
+def caption_sets(records: list[dict], predictions: dict[str, str]) -> tuple[dict, dict]:
+    """References and hypotheses for caption metrics: text-only answers (kind "input") about media, grouped by
+    (instruction, media), so COCO's ~5 captions per image are 5 references of one item; the hypothesis is
+    the parsed text response predicted for the group's first record that has a prediction."""
+    from generate import parse_meta_response
+
+    refs, hyps = {}, {}
+    for rec in records:
+        if rec["kind"] != "input" or rec["target"]["invocations"] or not rec.get("media"):
+            continue
+        key = json.dumps([rec["instruction"], [m["path"] for m in rec["media"]]])
+        refs.setdefault(key, []).append(rec["target"]["response"])
+        if key not in hyps and rec["id"] in predictions:
+            hyps[key] = parse_meta_response(predictions[rec["id"]]).response
+    return {k: refs[k] for k in hyps}, hyps
+
+
+def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True) -> dict:
+    """BLEU-1..4, CIDEr (CIDEr-D, as in the COCO server) and METEOR by pycocoevalcap, corpus level.
+    references: {item: [reference, ...]}, hypotheses: {item: text}, same keys."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    if set(references) != set(hypotheses) or not hypotheses:
+        raise ValueError("caption_metrics needs the same, non-empty set of items in references and hypotheses")
+    java, skipped = shutil.which("java"), []
+    gts = {k: [{"caption": c} for c in v] for k, v in references.items()}
+    res = {k: [{"caption": hypotheses[k]}] for k in references}
+    if java:  # the COCO evaluation's own tokenisation: Stanford PTBTokenizer, lower case, punctuation removed
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        gts, res = PTBTokenizer().tokenize(gts), PTBTokenizer().tokenize(res)
+    else:  # an approximation of it (PTB splits clitics such as "dog's"), so scores can differ slightly
+        simple = lambda c: " ".join(re.findall(r"[\w']+", c["caption"].lower()))  # noqa: E731
+        gts = {k: [simple(c) for c in v] for k, v in gts.items()}
+        res = {k: [simple(c) for c in v] for k, v in res.items()}
+        skipped.append("PTB tokenizer and METEOR: `java` not found (apt-get install default-jre); "
+                       "BLEU/CIDEr use a plain lower-case word tokenizer")
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    out = {"n": len(res), "tokenizer": "PTB" if java else "plain"}
+    out.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
+    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    if len(res) < 2:
+        skipped.append("CIDEr: its IDF comes from the references of all items, so one item scores 0")
+    if java and meteor:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        out["METEOR"] = float(Meteor().compute_score(gts, res)[0])  # JVM start + paraphrase table: ~15 s
+    elif java:
+        skipped.append("METEOR: turned off (--no-meteor)")
+    skipped.append("SPIDEr/SPICE: SPICE downloads Stanford CoreNLP models on first use; not run offline")
+    return {**out, "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------- generated O' (pretrained judges)
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """FID's ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians."""
+    import numpy as np
+    from scipy import linalg
+
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean  # tiny imaginary parts from round-off
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1 + sigma2 - 2 * covmean))
+
+
+def _frames(path: str) -> list:
+    import imageio.v3 as iio
+
+    frames = iio.imread(path, plugin="pyav") if path.endswith(".mp4") else iio.imread(path)[None]
+    return [f[..., :3] for f in frames]  # (H, W, 3) uint8 each
+
+
+def _available_locally(name: str) -> bool:
+    """A local folder, or a hub id whose config is already in the Hugging Face cache (nothing is downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if os.path.isdir(name) or name.startswith((".", "/")) or name.count("/") != 1:
+        return os.path.isdir(name)
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def clipsim(outputs: list[dict], clip: str, device: str = "cpu") -> dict:
+    """{model: mean over outputs of the CLIP cosine between the prompt and the image (a video: mean over frames)}."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(clip, local_files_only=True).to(device).eval()
+    processor = CLIPProcessor.from_pretrained(clip, local_files_only=True)
+    sims = collections.defaultdict(list)
+    for o in (o for o in outputs if o["model"] in ("text-to-image", "text-to-video")):
+        batch = processor(text=[o["prompt"]], images=_frames(o["path"]), return_tensors="pt", padding=True,
+                          truncation=True).to(device)
+        with torch.no_grad():  # transformers 5: the projected embeddings are the outputs' pooler_output
+            img = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output  # (frames, E)
+            txt = model.get_text_features(input_ids=batch["input_ids"],
+                                          attention_mask=batch["attention_mask"]).pooler_output  # (1, E)
+        sims[o["model"]].append(torch.cosine_similarity(img, txt).mean().item())
+    return {f"CLIPSIM/{m}": sum(v) / len(v) for m, v in sims.items()}
+
+
+def fid(images: list[str], reference_dir: str, inception: str, device: str = "cpu") -> float:
+    """FID between generated images and the PNG/JPEG files of reference_dir, on Inception-v3 pool features."""
+    import numpy as np
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    net.load_state_dict(torch.load(inception, map_location="cpu", weights_only=True))  # tensors only, no pickle
+    net.fc = torch.nn.Identity()  # -> the 2048-d pool features
+    net.eval().to(device)
+    tf = T.Compose([T.ToTensor(), T.Resize((299, 299)), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    real = sorted(os.path.join(reference_dir, f) for f in os.listdir(reference_dir)
+                  if f.lower().endswith((".png", ".jpg", ".jpeg")))
+    with torch.no_grad():
+        a, b = (np.concatenate([net(tf(_frames(p)[0])[None].to(device)).cpu().numpy() for p in paths])
+                for paths in (images, real))  # (N, 2048) each
+    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def generation_metrics(dirs: list[str], clip: str = "openai/clip-vit-base-patch32", fid_reference: str | None = None,
+                       inception: str | None = None, device: str = "cpu") -> dict:
+    """CLIPSIM and FID of the files listed in each dir's generated.json (generate.py), where their networks'
+    weights are local files (nothing is downloaded); what cannot run is listed under "skipped" with why."""
+    import torch
+
+    outputs = []
+    for d in dirs:
+        with open(os.path.join(d, "generated.json"), encoding="utf-8") as f:
+            outputs += [{**o, "path": os.path.join(d, o["file"])} for o in json.load(f)["outputs"]]
+    report, skipped = {"n": dict(collections.Counter(o["model"] for o in outputs))}, []
+    if _available_locally(clip):
+        report.update(clipsim(outputs, clip, device))
+    else:
+        skipped.append(f"CLIPSIM: CLIP weights {clip!r} are neither a folder nor in the Hugging Face cache (--clip)")
+    inception = inception or os.path.join(torch.hub.get_dir(), "checkpoints", "inception_v3_google-0cc3c7bd.pth")
+    images = [o["path"] for o in outputs if o["model"] == "text-to-image"]
+    if not fid_reference:
+        skipped.append("FID: no --fid_reference folder of real images")
+    elif not os.path.isfile(inception):
+        skipped.append(f"FID: Inception-v3 weights not found at {inception} (pass --inception PATH)")
+    elif len(images) < 2:
+        skipped.append("FID: needs at least 2 generated images")
+    else:
+        report["FID/text-to-image"] = fid(images, fid_reference, inception, device)
+        report["FID_note"] = "torchvision's Inception-v3, not the TF-FID network: not comparable to papers' FID"
+    if any(o["model"] == "text-to-audio" for o in outputs):
+        skipped.append("FD/IS (audio): need the PANNs CNN14 classifier of AudioLDM's evaluation; not available here")
+    return {**report, "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------- predictions
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON objects of a .jsonl file; a bad line raises ValueError naming path:line."""
+    with open(path, encoding="utf-8") as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    out = []
+    for n, line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
+    return out
+
+
+def read_predictions(path: str) -> dict[str, str]:
+    rows = read_jsonl(path)
+    if not all(isinstance(r, dict) and isinstance(r.get("prediction"), str) and "id" in r for r in rows):
+        raise ValueError(f'{path}: every line must be {{"id": ..., "prediction": "<meta-response text>"}}')
+    return {r["id"]: r["prediction"] for r in rows}
+
+
+def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu", cache_dir: str = ".cache/features",
+            max_new_tokens: int = 256) -> dict[str, str]:
+    """Meta-responses of a trained adapter for every record: media through encode.py (cached), then respond."""
+    import encode
+    from agent import load_adapter
+
+    model = load_adapter(adapter, device).eval()
+    wanted = collections.defaultdict(dict)  # modality -> {path: None}, in first-seen order
+    for rec in records:
+        for m in rec.get("media", []):
+            wanted[m["modality"]][os.path.join(data_dir, m["path"])] = None
+    feats = {}
+    for modality, paths in wanted.items():
+        x = encode.encode_files(list(paths), modality, encoder=model.cfg.encoder, cache_dir=cache_dir, device=device)
+        if x.shape[1] != model.cfg.feat_dim:
+            raise ValueError(f"encoder {model.cfg.encoder!r} gives {x.shape[1]}-d features, the adapter reads "
+                             f"{model.cfg.feat_dim}-d")
+        feats.update({(modality, p): row for p, row in zip(paths, x)})
+    preds, t0 = {}, time.perf_counter()
+    for k, rec in enumerate(records, 1):
+        media = [(m["modality"], feats[m["modality"], os.path.join(data_dir, m["path"])]) for m in rec.get("media", [])]
+        preds[rec["id"]] = model.respond(rec["instruction"], media, max_new_tokens=max_new_tokens)
+        if k % 20 == 0 or k == len(records):
+            print(f"predicted {k}/{len(records)} ({(time.perf_counter() - t0) / k:.2f} s each)", file=sys.stderr)
+    return preds
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="?", help="a data split (.jsonl records, data/README.md)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--predictions", help='JSON lines {"id": ..., "prediction": meta-response text}')
+    src.add_argument("--adapter", help="a trained adapter folder (train.py): predict every record, then score")
+    p.add_argument("--save_predictions", help="with --adapter: write the predictions here (JSON lines)")
+    p.add_argument("--limit", type=int, help="only the first N records (a quick look)")
+    p.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
+                   help="BLEU / METEOR / CIDEr of the text answers about media (kind 'input')")
+    p.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=True, help="METEOR (Java, ~15 s)")
+    p.add_argument("--generated", nargs="+", default=[], metavar="DIR",
+                   help="folders with generate.py's generated.json")
+    p.add_argument("--clip", default="openai/clip-vit-base-patch32",
+                   help="CLIP for CLIPSIM (a folder, or a hub id already in the local cache)")
+    p.add_argument("--fid_reference", help="folder of real images for FID")
+    p.add_argument("--inception", help="Inception-v3 weights (torchvision .pth) for FID")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--cache_dir", default=".cache/features", help="encode.py's feature cache")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="longest meta-response with --adapter")
+    p.add_argument("--out", help="write the whole report here as JSON")
+    args = p.parse_args(argv)
+    if not args.data and not args.generated:
+        p.error("give a data split (with --predictions or --adapter) and/or --generated DIR")
+    if args.data and not (args.predictions or args.adapter):
+        p.error("a data split needs --predictions FILE or --adapter DIR")
+    report = {}
+    if args.data:
+        records = read_jsonl(args.data)[:args.limit]
+        if args.adapter:
+            preds = predict(records, os.path.dirname(args.data), args.adapter, args.device, args.cache_dir,
+                            args.max_new_tokens)
+            if args.save_predictions:
+                with open(args.save_predictions, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps({"id": k, "prediction": v}, ensure_ascii=False) + "\n"
+                                 for k, v in preds.items())
+        else:
+            preds = read_predictions(args.predictions)
+        report["meta_response"] = score_meta_responses(records, preds)
+        print(f"Meta-responses on {args.data} (% of records; prompt= and promptF1 over records that invoke a model)")
+        print(format_table(report["meta_response"]))
+        print("JSON: exactly our format; parse: generate.py reads it with no problem (plain text = a text-only reply);"
+              "\nmodel: the right models invoked (or none); exact: the whole meta-response equals the target")
+        refs, hyps = caption_sets(records, preds) if args.captions else ({}, {})
+        if hyps:
+            report["captions"] = caption_metrics(refs, hyps, meteor=args.meteor)
+            c = report["captions"]
+            print(f"\nText answers about media ({c['n']} items, {c['tokenizer']} tokens, x100 as in papers): "
+                  + ", ".join(f"{k} {100 * c[k]:.1f}" for k in ("BLEU-1", "BLEU-4", "METEOR", "CIDEr") if k in c))
+            for reason in c["skipped"]:
+                print(f"  skipped: {reason}")
+    if args.generated:
+        report["generation"] = generation_metrics(args.generated, args.clip, args.fid_reference, args.inception,
+                                                  args.device)
+        g = report["generation"]
+        print(f"\nGenerated outputs {g['n']}: " + (", ".join(f"{k} {v:.4f}" for k, v in g.items()
+                                                          if k.startswith(("CLIPSIM", "FID/"))) or "no metric ran"))
+        for reason in g["skipped"]:
+            print(f"  skipped: {reason}")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Tests of evaluate.py: meta-response scores on a handcrafted split with known answers, SQuAD token F1 on
+worked examples, the caption metrics against published and hand-computed values, FID's formula."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+import evaluate
+from evaluate import caption_metrics, caption_sets, score_meta_responses, strict_meta, token_f1
+
+
+def rec(rid, kind, modalities, response, invocations):
+    return {"id": rid, "kind": kind, "instruction": f"instruction {rid}",
+            "media": [{"modality": m, "path": f"{m}/{rid}"} for m in modalities],
+            "target": {"response": response, "invocations": [{"model": m, "prompt": p} for m, p in invocations]}}
+
+
+RECORDS = [
+    rec("r1", "output", ["audio"], "Sure, here is a dog.", [("text-to-image", "a photo of a dog")]),
+    rec("r2", "output", [], "Listen.", [("text-to-audio", "a dog barks loudly")]),
+    rec("r3", "input", ["image"], "A red circle.", []),
+    rec("r4", "input", ["image"], "A blue square.", []),
+    rec("r5", "reasoning", ["image", "audio"], "Both.", [("text-to-video", "a red ball rolls"),
+                                                         ("text-to-audio", "a bell rings")]),
+    rec("r6", "output", ["image"], "Here.", [("text-to-image", "a blue square")]),
+]
+PREDICTIONS = {
+    "r1": json.dumps(RECORDS[0]["target"]),  # perfect
+    "r2": '{"response": "Listen.", "invocations": [{"model": "text-to-image", "prompt": "a dog barks loudly"}]}',
+    "r3": "A red circle.",  # plain text: a text-only reply, not our JSON
+    "r4": '{"response": "A blue',  # truncated JSON: parse reports a problem
+    "r5": '```json\n{"response": "Both.", "invocations": [{"model": "text-to-video", '
+          '"prompt": "a red ball rolls left"}]}\n```',  # fenced: parses, but not our strict JSON
+    # r6: no prediction
+}
+
+
+def test_score_meta_responses_known_answers():
+    report = score_meta_responses(RECORDS, PREDICTIONS)
+    assert report["n"] == 6 and report["missing"] == ["r6"]
+    g = report["groups"]
+    # r5's prompt F1: pair 1 {red, ball, rolls, left} vs {red, ball, rolls}: P 3/4, R 1 -> 6/7; pair 2 unpaired: 0
+    expected = {  # json, parse, model, prompt_exact, prompt_f1, exact, n, n_prompt
+        "all": (2 / 6, 4 / 6, 3 / 6, 2 / 4, (1 + 1 + 3 / 7 + 0) / 4, 1 / 6, 6, 4),
+        "kind=output": (2 / 3, 2 / 3, 1 / 3, 2 / 3, 2 / 3, 1 / 3, 3, 3),
+        "kind=input": (0, 1 / 2, 1, None, None, 0, 2, 0),
+        "kind=reasoning": (0, 1, 0, 0, 3 / 7, 0, 1, 1),
+        "audio->image": (1, 1, 1, 1, 1, 1, 1, 1),
+        "text->audio": (1, 1, 0, 1, 1, 0, 1, 1),
+        "image->text": (0, 1 / 2, 1, None, None, 0, 2, 0),
+        "audio+image->audio+video": (0, 1, 0, 0, 3 / 7, 0, 1, 1),
+        "image->image": (0, 0, 0, 0, 0, 0, 1, 1),
+    }
+    assert list(g) == ["all", "kind=input", "kind=output", "kind=reasoning", "audio+image->audio+video",
+                       "audio->image", "image->image", "image->text", "text->audio"]
+    for name, values in expected.items():
+        got = tuple(g[name][k] for k in (*evaluate.METRICS, "n", "n_prompt"))
+        assert got == pytest.approx(values), name
+    table = evaluate.format_table(report)
+    assert "kind=output" in table and "66.7" in table and "1 records had no prediction" in table
+
+
+def test_strict_meta_is_our_format_only():
+    ok = '{"response": "Hi.", "invocations": [{"model": "text-to-audio", "prompt": "rain"}]}'
+    assert strict_meta(ok) == json.loads(ok) and strict_meta(f"  {ok}\n") is not None
+    assert strict_meta('{"response": "Hi.", "invocations": [], "extra": 1}') is None
+    assert strict_meta('{"response": "Hi.", "invocations": [{"model": "text-to-3d", "prompt": "x"}]}') is None
+    assert strict_meta(f"Sure! {ok}") is None and strict_meta("[1, 2]") is None
+
+
+@pytest.mark.parametrize("pred, ref, f1", [
+    ("a photo of a cat", "a photo of a dog", 2 / 3),  # articles dropped: {photo, of, cat} vs {photo, of, dog}
+    ("The Cat, sat.", "cat sat", 1.0),  # case, punctuation and articles are normalised away
+    ("red red ball", "red ball ball", 2 / 3),  # a bag of tokens: each shared token counts min(count) times
+    ("a bell rings", "a dog barks", 0.0),
+    ("", "", 1.0), ("rain", "", 0.0),
+])
+def test_token_f1_worked_examples(pred, ref, f1):
+    assert token_f1(pred, ref) == pytest.approx(f1)
+
+
+def test_caption_metrics_match_published_coco_caption_values():
+    # Published output of the COCO caption evaluation code (tylin/coco-caption, as wrapped by
+    # bckim92/language-evaluation, README "Python API" example): predicts ['i am a boy', 'she is a girl'],
+    # answers ['am i a boy ?', 'is she a girl ?'] -> Bleu_1 0.9999999997500004, Bleu_2 0.5773502690332603,
+    # Bleu_3 4.3679023223468616e-06, Bleu_4 1.4287202142987477e-08, CIDEr 3.333333333333333,
+    # METEOR 0.43354749322305886. Both tokenizers (PTB with Java, the plain fallback) drop the "?".
+    java = shutil.which("java") is not None
+    out = caption_metrics({"0": ["am i a boy ?"], "1": ["is she a girl ?"]}, {"0": "i am a boy", "1": "she is a girl"},
+                          meteor=java)
+    assert out["tokenizer"] == ("PTB" if java else "plain")
+    assert out["BLEU-1"] == pytest.approx(0.9999999997500004, rel=1e-12)
+    assert out["BLEU-2"] == pytest.approx(0.5773502690332603, rel=1e-12)
+    assert out["BLEU-3"] == pytest.approx(4.3679023223468616e-06, rel=1e-9)
+    assert out["BLEU-4"] == pytest.approx(1.4287202142987477e-08, rel=1e-9)
+    assert out["CIDEr"] == pytest.approx(3.333333333333333, rel=1e-12)
+    if java:
+        assert out["METEOR"] == pytest.approx(0.43354749322305886, rel=1e-9)
+
+
+def test_caption_metrics_hand_computed(monkeypatch):
+    monkeypatch.setattr(evaluate.shutil, "which", lambda name: None)  # the plain-tokenizer path, no Java
+    # One item, equal lengths (brevity penalty 1): n-gram precisions 5/6, 3/5, 2/4, 1/3 -> BLEU-4 = (1/12)^(1/4).
+    out = caption_metrics({"x": ["a man rides a brown horse"]}, {"x": "A man rides a red horse."})
+    assert out["tokenizer"] == "plain" and "METEOR" not in out
+    assert out["BLEU-4"] == pytest.approx((1 / 12) ** 0.25, rel=1e-6)
+    assert out["BLEU-1"] == pytest.approx(5 / 6, rel=1e-6)
+    assert out["CIDEr"] == 0.0  # IDF over a single item is log(1/1) = 0 (documented in vrama91/coco-caption)
+    # Two perfect captions sharing no n-gram: IDF log 2 > 0, cosine 1 and no length penalty for every n,
+    # so CIDEr-D = 10 * mean over n of 1 = 10.
+    out = caption_metrics({"a": ["red circle on white"], "b": ["blue square under grey"]},
+                          {"a": "red circle on white", "b": "blue square under grey"})
+    assert out["CIDEr"] == pytest.approx(10.0, rel=1e-9)
+    assert any("java" in s for s in out["skipped"])
+
+
+def test_caption_sets_group_references_by_instruction_and_media():
+    a = rec("c1", "input", ["image"], "A red circle.", [])
+    b = {**rec("c2", "input", ["image"], "A round red shape.", []), "instruction": a["instruction"],
+         "media": a["media"]}  # the same question about the same image: a second reference
+    c = rec("c3", "input", ["image"], "A blue square.", [])  # no prediction: left out
+    d = rec("c4", "output", ["image"], "Here.", [("text-to-image", "a red circle")])  # not a text answer
+    refs, hyps = caption_sets([a, b, c, d], {"c2": '{"response": "A red disc.", "invocations": []}', "c4": "x"})
+    assert list(refs.values()) == [["A red circle.", "A round red shape."]]
+    assert list(hyps.values()) == ["A red disc."]
+
+
+def test_frechet_distance_closed_form():
+    # ||mu1 - mu2||^2 = 3^2 + 4^2 = 25; Tr(I + 4I - 2 (4I)^(1/2)) = Tr(I) = 2  ->  27
+    d = evaluate.frechet_distance(np.zeros(2), np.eye(2), np.array([3.0, 4.0]), 4 * np.eye(2))
+    assert d == pytest.approx(27.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3))
+    assert evaluate.frechet_distance(x.mean(0), np.cov(x.T), x.mean(0), np.cov(x.T)) == pytest.approx(0, abs=1e-6)
+
+
+def test_generation_metrics_skip_without_weights(tmp_path):
+    outputs = [{"file": "00-text-to-image.png", "model": "text-to-image", "prompt": "a cat"},
+               {"file": "01-text-to-audio.wav", "model": "text-to-audio", "prompt": "rain"}]
+    (tmp_path / "generated.json").write_text(json.dumps({"response": "", "problems": [], "outputs": outputs}))
+    out = evaluate.generation_metrics([str(tmp_path)], clip=str(tmp_path / "no-clip"))
+    assert out["n"] == {"text-to-image": 1, "text-to-audio": 1}
+    assert not any(k.startswith(("CLIPSIM", "FID/")) for k in out)
+    assert [s.split(":")[0] for s in out["skipped"]] == ["CLIPSIM", "FID", "FD/IS (audio)"]
+
+
+def test_cli_scores_a_predictions_file(tmp_path, capsys):
+    data, preds = tmp_path / "test.jsonl", tmp_path / "preds.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    preds.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in PREDICTIONS.items()))
+    evaluate.main([str(data), "--predictions", str(preds), "--no-captions", "--out", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert math.isclose(report["meta_response"]["groups"]["all"]["exact"], 1 / 6)
+    assert "kind=reasoning" in capsys.readouterr().out
+    preds.write_text('{"id": "r1"}\n')
+    with pytest.raises(ValueError, match="prediction"):
+        evaluate.main([str(data), "--predictions", str(preds)])
+
+
+def test_predict_feeds_each_records_media_in_order(tmp_path):
+    """--adapter mode: evaluate.predict gives what respond gives on the same features, media in record order."""
+    import soundfile as sf
+    import torch
+    from PIL import Image
+
+    import encode
+    from agent import PRESETS, ModaVerse, load_adapter, save_adapter
+
+    torch.manual_seed(0)
+    model = ModaVerse.from_config(PRESETS["tiny"])
+    with torch.no_grad():  # a random adapter (LoRA B starts at 0), so the media change the answer
+        for p in model.trainable_state_dict().values():
+            p.copy_(torch.randn(p.shape) * 0.05)
+    save_adapter(model, tmp_path / "adapter")
+    Image.new("RGB", (64, 64), (220, 20, 20)).save(tmp_path / "red.png")
+    sf.write(tmp_path / "beep.wav", 0.5 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440), 16000)
+    records = [rec("p1", "output", [], "x", [("text-to-image", "y")]),
+               {**rec("p2", "input", [], "x", []), "media": [{"modality": "image", "path": "red.png"},
+                                                            {"modality": "audio", "path": "beep.wav"}]}]
+    cache = str(tmp_path / "cache")
+    preds = evaluate.predict(records, str(tmp_path), str(tmp_path / "adapter"), cache_dir=cache, max_new_tokens=6)
+    reloaded = load_adapter(str(tmp_path / "adapter")).eval()
+    image = encode.encode_files([tmp_path / "red.png"], "image", "tiny", cache_dir=cache, progress=False)[0]
+    audio = encode.encode_files([tmp_path / "beep.wav"], "audio", "tiny", cache_dir=cache, progress=False)[0]
+    assert preds["p1"] == reloaded.respond("instruction p1", [], max_new_tokens=6)
+    assert preds["p2"] == reloaded.respond("instruction p2", [("image", image), ("audio", audio)], max_new_tokens=6)
