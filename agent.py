@@ -47,7 +47,7 @@ class AgentConfig:
     lora_alpha: float = 8
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    max_len: int = 256  # tokens per training example; longer ones are truncated (official: 512)
+    max_len: int = 256  # tokens per training example; longer ones are refused, never cut (official: 512)
     placeholder_token: str | None = None  # None: the tokenizer's unk token (see ModaVerse.__init__)
 
     def __post_init__(self):
@@ -178,13 +178,14 @@ class ModaVerse(nn.Module):
         return ids, labels
 
     def build_example(self, record: dict) -> dict:
-        """One data record (data/README.md) -> dict(input_ids, labels), truncated to cfg.max_len."""
+        """One data record (data/README.md) -> dict(input_ids, labels). A record longer than cfg.max_len is an
+        error, never cut: a truncated meta-response would teach the LLM to stop mid-JSON (or, with the prompt
+        filling max_len, give no supervised token: a silent zero loss). train.py skips or stops on it."""
         turn = (record["instruction"], record.get("media", []), format_meta_response(record["target"]))
         ids, labels = self.encode_chat([turn])
-        ids, labels = ids[:self.cfg.max_len], labels[:self.cfg.max_len]
-        if all(label == IGNORE for label in labels):  # would be a silent zero loss: refuse
-            raise ValueError(f"record {record.get('id')!r}: no supervised token left: its prompt fills all "
-                             f"max_len={self.cfg.max_len} tokens; raise AgentConfig.max_len or shorten it")
+        if len(ids) > self.cfg.max_len:
+            raise ValueError(f"record {record.get('id')!r} has {len(ids)} tokens, more than "
+                             f"max_len={self.cfg.max_len}: raise AgentConfig.max_len or shorten it")
         return {"input_ids": ids, "labels": labels}
 
     def collate(self, examples: list[dict]) -> dict:

@@ -303,8 +303,10 @@ def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu
     """Meta-responses of a trained adapter for every record: media through encode.py (cached), then respond."""
     import encode
     from agent import load_adapter
+    from lora import merge_lora
 
     model = load_adapter(adapter, device).eval()
+    merge_lora(model.llm)  # inference only: fold B @ A into W once instead of two extra matmuls per layer and token
     wanted = collections.defaultdict(dict)  # modality -> {path: None}, in first-seen order
     for rec in records:
         for m in rec.get("media", []):

@@ -364,7 +364,11 @@ def generate(meta: MetaResponse | str, out_dir: str, zoo: ModelZoo) -> list[dict
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("meta", help="the LLM's meta-response text, or - to read it from stdin")
+    p.add_argument("meta", nargs="?", help="the LLM's meta-response text, or - to read it from stdin")
+    p.add_argument("--predictions", metavar="JSONL",
+                   help='instead of META: lines {"id", "prediction"} (evaluate.py --save_predictions); '
+                        "each record's files go to OUT/<id>/")
+    p.add_argument("--limit", type=int, default=0, help="with --predictions: the first N that invoke a model")
     p.add_argument("--out", default="outputs", help="folder for the generated files and generated.json")
     p.add_argument("--zoo", choices=sorted(PRESETS), default="paper",
                    help="paper: the paper's checkpoints (GPU, downloads); tiny: random tiny pipelines (CPU, offline)")
@@ -377,6 +381,18 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None}
     cfg = dataclasses.replace(PRESETS[args.zoo], **overrides)
 
+    if (args.meta is None) == (args.predictions is None):
+        p.error("give a meta-response text (or -) or --predictions FILE")
+    if args.predictions:
+        zoo, done = ModelZoo(cfg), 0
+        for line in Path(args.predictions).read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            meta = parse_meta_response(rec["prediction"])
+            if meta.invocations and (not args.limit or done < args.limit):
+                folder = Path(args.out) / re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec["id"])).lstrip(".")
+                written, done = generate(meta, folder, zoo), done + 1
+                print(f"{rec['id']}: " + ", ".join(f"{folder / w['file']} ({w['prompt']!r})" for w in written))
+        return
     meta = parse_meta_response(sys.stdin.read() if args.meta == "-" else args.meta)
     print(f"reply: {meta.response}")
     for problem in meta.problems:

@@ -27,6 +27,12 @@ class Projector(nn.Module):
         self.modalities, self.shared = tuple(modalities), shared
         names = ["shared"] if shared else self.modalities
         self.proj = nn.ModuleDict({m: nn.Linear(in_dim, tokens_per_item * llm_dim) for m in names})
+        # Fixed per-modality standardisation x -> (x - mean) / std, measured on training features by
+        # init_to_scale (identity until then). P stays one affine map per modality; this only conditions the
+        # optimisation: ImageBind features share a large common direction (an untrained encoder's toy videos:
+        # 99.7% of |x|^2, images 93%), and on raw x Adam spends its steps on that direction, not on what differs.
+        self.register_buffer("feat_mean", torch.zeros(len(self.modalities), in_dim))
+        self.register_buffer("feat_std", torch.ones(len(self.modalities), in_dim))
 
     def forward(self, feats: torch.Tensor, modalities: list[str]) -> torch.Tensor:
         N, K, D = feats.shape[0], self.tokens_per_item, self.llm_dim
@@ -35,6 +41,8 @@ class Projector(nn.Module):
         unknown = sorted(set(modalities) - set(self.modalities))
         if unknown:
             raise ValueError(f"Projector: unknown modality {unknown}; this projector knows {list(self.modalities)}")
+        idx = torch.tensor([self.modalities.index(m) for m in modalities], device=feats.device, dtype=torch.long)
+        feats = (feats - self.feat_mean[idx]) / self.feat_std[idx]  # (N, in_dim), standardised per modality
         if self.shared:
             return self.proj["shared"](feats).view(N, K, D)
         chunks, order = [], []  # run each modality's layer on its rows, then put rows back in input order
@@ -57,11 +65,19 @@ class Projector(nn.Module):
         normalises each layer's input but not the residual stream, so a media token 20x larger than a word is
         barely changed by the layers' updates and one 20x smaller is overwritten by the first; either way the
         first training steps go into fixing the scale instead of the content. ImageBind's embeddings are
-        L2-normalised (rms|x| = 1, the default) except audio, scaled to norm 20: pass sample `feats` (N, in_dim)
-        and their `modalities` to measure rms|x| per modality instead.
+        L2-normalised (rms|x| = 1, the default) except audio, scaled to norm 20. Pass sample training `feats`
+        (N, in_dim) and their `modalities` (train.py does): they set the per-modality standardisation (see
+        __init__), and rms|x| is then measured on the standardised features, per modality.
         """
-        if feats is not None and not self.shared and modalities is None:
+        if feats is not None and modalities is None:
             raise ValueError("init_to_scale: pass `modalities` (one name per row of feats) with `feats`")
+        if feats is not None:  # the standardisation statistics, per modality (2+ items needed for a std)
+            for k, m in enumerate(self.modalities):
+                rows = feats[[i for i, name in enumerate(modalities) if name == m]].float()
+                if len(rows) > 1:
+                    self.feat_mean[k], self.feat_std[k] = rows.mean(0), rows.std(0) + 1e-6
+            idx = [self.modalities.index(m) for m in modalities]
+            feats = (feats - self.feat_mean[idx]) / self.feat_std[idx]  # what the linear layers will see
         for name, layer in self.proj.items():
             norm = 1.0
             if feats is not None:

@@ -50,7 +50,7 @@ class TrainConfig:
     cache_dir: str = flag(".cache/features", "encode.py's feature cache")
     encoder_checkpoint: str = flag("", "imagebind_huge weights file for encode.py ('' = its default)")
     encode_missing: bool = flag(True, "encode media missing from the cache (rank 0), else print the command")
-    too_long: str = flag("skip", "a record reaching max_len tokens: skip (counted) or stop", ("skip", "stop"))
+    too_long: str = flag("skip", "a record longer than max_len tokens: skip (counted) or stop", ("skip", "stop"))
     epochs: int = flag(1, "passes over the training data")
     max_steps: int = flag(0, "optimizer steps (0 = epochs x steps per epoch)")
     batch_size: int = flag(8, "records per optimizer step, summed over workers and micro-steps")
@@ -189,12 +189,10 @@ def load_split(path, model: ModaVerse, cfg, acfg, master, device) -> list[dict]:
             ex = model.build_example(rec)
         except (KeyError, TypeError) as e:
             raise SystemExit(f"{path}:{n}: not a data record ({type(e).__name__}: {e}); see data/README.md")
-        except ValueError:  # agent.build_example: the prompt alone fills max_len
-            ex = {"input_ids": [0] * acfg.max_len}
-        if len(ex["input_ids"]) >= acfg.max_len:  # build_example truncates at max_len: this one may be cut
+        except ValueError:  # agent.build_example: longer than max_len (never truncated)
             if cfg.too_long == "stop":
-                raise SystemExit(f"{path}:{n}: record {rec.get('id')!r} reaches max_len={acfg.max_len} tokens: "
-                                 "raise --max_len, shorten the record, or pass --too_long skip")
+                raise SystemExit(f"{path}:{n}: record {rec.get('id')!r} is longer than max_len={acfg.max_len} "
+                                 "tokens: raise --max_len, shorten the record, or pass --too_long skip")
             too_long.append(n)
             continue
         files = [str(Path(path).parent / m["path"]) for m in rec.get("media", [])]
@@ -202,7 +200,7 @@ def load_split(path, model: ModaVerse, cfg, acfg, master, device) -> list[dict]:
                          "feats": np.array([feats[f] for f in files], np.float32).reshape(-1, acfg.feat_dim),
                          "modalities": [m["modality"] for m in rec.get("media", [])], "record": rec})
     if too_long and master:
-        print(f"{path}: skipped {len(too_long)} of {len(records)} records reaching max_len={acfg.max_len} tokens "
+        print(f"{path}: skipped {len(too_long)} of {len(records)} records longer than max_len={acfg.max_len} tokens "
               f"(lines {too_long[:10]}{' ...' if len(too_long) > 10 else ''})")
     if not out:
         raise SystemExit(f"{path}: no record fits max_len={acfg.max_len}: nothing to train on")
@@ -342,6 +340,10 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
         assert all(p.dtype == torch.float32 for p in params), "trainable weights must be fp32: see lora.py"
         data = load_split(cfg.data, model, cfg, acfg, master, device)
         val = load_split(cfg.val_data, model, cfg, acfg, master, device) if cfg.val_data else []
+        sample = data[:1024]  # P's initial scale per modality from real features (audio's are 20x image's)
+        model.projector.init_to_scale(model.llm.get_input_embeddings().weight.float().std().item(),
+                                      torch.from_numpy(np.concatenate([e["feats"] for e in sample])).to(device),
+                                      [m for e in sample for m in e["modalities"]])
         raw_model = model
         if world > 1:  # a batch without audio leaves the audio P unused: find_unused_parameters
             model = DDP(model, device_ids=[local] if dt_type == "cuda" else None, find_unused_parameters=True)

@@ -61,7 +61,7 @@ HELD_OUT = {
     "colour+waveform": {("red", "sine"), ("yellow", "square"), ("green", "sawtooth"),
                         ("blue", "sine"), ("purple", "square"), ("brown", "sawtooth")},
     "model+colour": {("text-to-image", "green"), ("text-to-video", "pink")},
-    "model+pitch": {("text-to-audio", "very low")},
+    "pitch+waveform": {("medium", "sine"), ("low", "square"), ("high", "sawtooth")},  # in a text-to-audio prompt
 }
 
 # Instruction wording signals the output model (paper Sec. 3.2, output-side alignment).
@@ -340,13 +340,14 @@ def f_replay_sound(rng, pick):
     item, model = pick("audio"), "text-to-audio"
     at, verb = item["attributes"], choice(rng, VERBS["text-to-audio"])
     if rng.random() < 0.5:
-        rhythm = choice(rng, list(RHYTHMS))
+        rhythm, waveform = choice(rng, list(RHYTHMS)), at["waveform"]
         instruction, prompt = f"{verb} this tone again, {RHYTHMS[rhythm]}.", tone(at, rhythm=rhythm)
     else:
         instrument = choice(rng, list(WAVEFORM_OF))
+        waveform = WAVEFORM_OF[instrument]
         instruction = f"{verb} this tune again, played on {a(instrument)}."
-        prompt = tone(at, waveform=WAVEFORM_OF[instrument])
-    inv, combo = {"model": model, "prompt": prompt}, ["model+pitch", model, at["pitch"]]
+        prompt = tone(at, waveform=waveform)
+    inv, combo = {"model": model, "prompt": prompt}, ["pitch+waveform", at["pitch"], waveform]
     return "output", instruction, [item], RESPONSE[model], inv, [combo]
 
 

@@ -256,3 +256,21 @@ def test_cli_tiny_run_and_load_failure(tmp_path, capsys):
     assert "cannot load text-to-image from" in str(e.value.code) and "pass --zoo tiny" in str(e.value.code)
     generate.main(["Just text, nothing to generate.", "--out", str(tmp_path / "t")])  # loads no model at all
     assert read_record(tmp_path / "t") == {"response": "Just text, nothing to generate.", "problems": [], "outputs": []}
+
+
+def test_cli_renders_a_predictions_file(tmp_path, capsys):
+    """--predictions: one folder per record id (sanitised), only records that invoke a model, --limit of them."""
+    rows = [{"id": "t-0", "prediction": "Only text."},
+            {"id": "../t-1", "prediction": '{"response": "Here.", "invocations": [{"model": "text-to-audio", '
+                                           '"prompt": "a bell"}]}'},
+            {"id": "t-2", "prediction": "[AUDIO] Prompt: a drum ###"}]
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o"
+    generate.main(["--predictions", str(preds), "--limit", "1", "--out", str(out), "--zoo", "tiny",
+                   "--device", "cpu", "--audio-seconds", "0.032"])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "o/_t-1/00-text-to-audio.wav", "o/_t-1/generated.json"]
+    assert read_record(out / "_t-1")["outputs"][0]["prompt"] == "a bell"
+    with pytest.raises(SystemExit):
+        generate.main(["some text", "--predictions", str(preds)])

@@ -64,7 +64,8 @@ def held_out_combos(record: dict, media: dict) -> list[tuple]:
         words = inv["prompt"].split()
         if inv["model"] == "text-to-audio":
             pitch = next(p for p in make_toy.PITCHES if inv["prompt"].startswith(f"a {p} "))
-            found.append(("model+pitch", inv["model"], pitch))
+            waveform = inv["prompt"][len(f"a {pitch} "):].split()[0]
+            found.append(("pitch+waveform", pitch, waveform))
         else:
             found += [("model+colour", inv["model"], c) for c in make_toy.COLOURS if c in words]
     return [c for c in found if c[1:] in make_toy.HELD_OUT[c[0]]]

@@ -129,3 +129,24 @@ def test_count_clis_print_the_paper_numbers(monkeypatch, capsys):
     lora.main()
     out = capsys.readouterr().out
     assert "12,595,200" in out and "4,198,400" in out and "LoRA trainable: 33,554,432 in 128 layers" in out
+
+
+def test_standardisation_from_training_features():
+    """init_to_scale(feats) makes P see (x - mean) / std per modality: features that share a large common
+    direction (an untrained ImageBind's) reach the linear layer centred, at unit variance per dimension."""
+    torch.manual_seed(0)
+    common = nn.functional.normalize(torch.randn(64), dim=0)
+    video = nn.functional.normalize(common + 0.05 * torch.randn(256, 64), dim=-1)  # cos ~ 0.99 between items
+    audio = 20 * nn.functional.normalize(torch.randn(256, 64), dim=-1)
+    P = Projector(64, 32)
+    x_id = P(video[:4], ["video"] * 4)  # before: identity standardisation
+    torch.testing.assert_close(x_id, P.proj["video"](video[:4]).view(4, 1, 32))
+    P.init_to_scale(0.02, torch.cat([video, audio]), ["video"] * 256 + ["audio"] * 256)
+    k = P.modalities.index("video")
+    torch.testing.assert_close(P.feat_mean[k], video.mean(0))
+    torch.testing.assert_close(P.feat_std[k], video.std(0) + 1e-6)
+    z = (video - P.feat_mean[k]) / P.feat_std[k]
+    torch.testing.assert_close(P(video, ["video"] * 256), P.proj["video"](z).view(256, 1, 32))
+    assert abs(P(video, ["video"] * 256).std().item() / 0.02 - 1) < 0.1  # at the LLM's scale after centring
+    assert torch.equal(P.feat_mean[P.modalities.index("image")], torch.zeros(64))  # no image rows: untouched
+    assert {"feat_mean", "feat_std"} <= set(P.state_dict())  # saved with the adapter

@@ -117,8 +117,9 @@ def test_tiny_run_loss_falls_and_checkpoint_holds_only_p_and_lora(data, tmp_path
     saved = load_file(tmp_path / "adapter.safetensors")
     model = load_adapter(str(tmp_path))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert set(saved) == trainable and all(n.startswith("projector.") or n.endswith((".lora_A", ".lora_B"))
-                                          for n in saved)
+    stats = {"projector.feat_mean", "projector.feat_std"}  # P's fixed standardisation (project.py), not trained
+    assert set(saved) == trainable | stats and all(n.startswith("projector.") or n.endswith((".lora_A", ".lora_B"))
+                                                  for n in saved)
     assert sum(v.numel() for v in saved.values()) < 0.1 * sum(p.numel() for p in model.parameters())
     assert all(torch.equal(saved[k], v) for k, v in model.trainable_state_dict().items())
     state = torch.load(tmp_path / "train_state.pt", weights_only=True)
@@ -140,8 +141,10 @@ def test_two_workers_average_the_same_gradients_as_one(data, tmp_path):
         b = torch.cat([s[key].flatten() for s in two["optimizer"]["state"].values()])
         assert a.abs().max() > 0
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6 * a.abs().max().item())
-    for k in one["model"]:  # Adam's step is ~lr * sign(g) where |g| is tiny: rounding noise moves it by << lr
-        torch.testing.assert_close(two["model"][k], one["model"][k], rtol=1e-4, atol=1e-2 * 3e-3)
+    # Adam's step is ~lr * g / |g|: where |g| is at rounding-noise level (summation order differs between one
+    # and two workers) the step moves by a few % of lr (seen: 1.3% on 1 of 32768 elements), never by ~lr.
+    for k in one["model"]:
+        torch.testing.assert_close(two["model"][k], one["model"][k], rtol=1e-4, atol=5e-2 * 3e-3)
     assert [e["loss"] for e in log(tmp_path / "two")] == pytest.approx([e["loss"] for e in log(tmp_path / "one")])
 
 
@@ -228,7 +231,7 @@ def test_over_long_record_is_skipped_and_counted_or_stops(data, model, capsys):
     path.write_text("\n".join(lines[:1] + [json.dumps(long)] + lines[2:]) + "\n")
     examples = load(path, model, data["cache"])
     assert [e["record"]["id"] for e in examples] == ["train-0", "train-2", "train-3"]
-    assert "skipped 1 of 4 records reaching max_len=256 tokens (lines [2])" in capsys.readouterr().out
-    assert all(e["n_sup"] > 0 and len(e["input_ids"]) < 256 for e in examples)
-    with pytest.raises(SystemExit, match=r"long.jsonl:2: record 'train-1' reaches max_len=256"):
+    assert "skipped 1 of 4 records longer than max_len=256 tokens (lines [2])" in capsys.readouterr().out
+    assert all(e["n_sup"] > 0 and len(e["input_ids"]) <= 256 for e in examples)
+    with pytest.raises(SystemExit, match=r"long.jsonl:2: record 'train-1' is longer than max_len=256"):
         load(path, model, data["cache"], too_long="stop")
