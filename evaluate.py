@@ -28,6 +28,8 @@ import sys
 import time
 from itertools import zip_longest
 
+from data.records import DataError, json_lines, read_valid  # the data format (data/README.md)
+
 MODELS = ("text-to-image", "text-to-video", "text-to-audio")  # the fixed model-zoo names (SPEC)
 METRICS = ("json", "parse", "model", "prompt_exact", "prompt_f1", "exact")
 HEADERS = ("JSON", "parse", "model", "prompt=", "promptF1", "exact")
@@ -278,24 +280,22 @@ def generation_metrics(dirs: list[str], clip: str = "openai/clip-vit-base-patch3
 
 
 # ----------------------------------------------------------------------------- predictions
-def read_jsonl(path: str) -> list[dict]:
-    """The JSON objects of a .jsonl file; a bad line raises ValueError naming path:line."""
-    with open(path, encoding="utf-8") as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    out = []
-    for n, line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError as e:
-            raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
-    return out
+def read_records(path: str) -> list[dict]:
+    """The valid records of a data split (data/records.py, the data tools' validator); bad lines are skipped
+    and named by file:line."""
+    return [rec for _, rec in read_valid(path, "skip", say=lambda text: print(text, file=sys.stderr))]
 
 
 def read_predictions(path: str) -> dict[str, str]:
-    rows = read_jsonl(path)
-    if not all(isinstance(r, dict) and isinstance(r.get("prediction"), str) and "id" in r for r in rows):
-        raise ValueError(f'{path}: every line must be {{"id": ..., "prediction": "<meta-response text>"}}')
-    return {r["id"]: r["prediction"] for r in rows}
+    """{id: prediction} of a file that --save_predictions wrote; a bad line raises DataError naming path:line."""
+    preds = {}
+    for n, row, error in json_lines(path):
+        if error or not (isinstance(row, dict) and isinstance(row.get("id"), str)
+                         and isinstance(row.get("prediction"), str)):
+            raise DataError(f"{path}:{n}: {error or 'not an object with a string id and prediction'}: every line "
+                            'must be {"id": "...", "prediction": "<meta-response text>"}')
+        preds[row["id"]] = row["prediction"]
+    return preds
 
 
 def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu", cache_dir: str = ".cache/features",
@@ -355,7 +355,7 @@ def main(argv=None):
         p.error("a data split needs --predictions FILE or --adapter DIR")
     report = {}
     if args.data:
-        records = read_jsonl(args.data)[:args.limit]
+        records = read_records(args.data)[:args.limit]
         if args.adapter:
             preds = predict(records, os.path.dirname(args.data), args.adapter, args.device, args.cache_dir,
                             args.max_new_tokens)
@@ -393,4 +393,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # a user's file: one line that names it, no traceback
+        sys.exit(f"evaluate.py: {e}")

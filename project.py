@@ -33,6 +33,7 @@ class Projector(nn.Module):
         # 99.7% of |x|^2, images 93%), and on raw x Adam spends its steps on that direction, not on what differs.
         self.register_buffer("feat_mean", torch.zeros(len(self.modalities), in_dim))
         self.register_buffer("feat_std", torch.ones(len(self.modalities), in_dim))
+        self.register_buffer("feat_count", torch.zeros(len(self.modalities)))  # items behind each modality's stats
 
     def forward(self, feats: torch.Tensor, modalities: list[str]) -> torch.Tensor:
         N, K, D = feats.shape[0], self.tokens_per_item, self.llm_dim
@@ -42,6 +43,10 @@ class Projector(nn.Module):
         if unknown:
             raise ValueError(f"Projector: unknown modality {unknown}; this projector knows {list(self.modalities)}")
         idx = torch.tensor([self.modalities.index(m) for m in modalities], device=feats.device, dtype=torch.long)
+        if self.feat_count.any() and not self.feat_count[idx].all():  # standardised, but not for this modality
+            unseen = sorted({m for m in modalities if not self.feat_count[self.modalities.index(m)]})
+            raise ValueError(f"Projector: no {unseen} input was in the training data, so P has no statistics "
+                             f"for it (trained on {[m for m, n in zip(self.modalities, self.feat_count) if n]})")
         feats = (feats - self.feat_mean[idx]) / self.feat_std[idx]  # (N, in_dim), standardised per modality
         if self.shared:
             return self.proj["shared"](feats).view(N, K, D)
@@ -71,19 +76,21 @@ class Projector(nn.Module):
         """
         if feats is not None and modalities is None:
             raise ValueError("init_to_scale: pass `modalities` (one name per row of feats) with `feats`")
-        if feats is not None:  # the standardisation statistics, per modality (2+ items needed for a std)
+        if feats is not None:  # the standardisation statistics, per modality
             for k, m in enumerate(self.modalities):
                 rows = feats[[i for i, name in enumerate(modalities) if name == m]].float()
-                if len(rows) > 1:
-                    self.feat_mean[k], self.feat_std[k] = rows.mean(0), rows.std(0) + 1e-6
+                if len(rows):  # a coordinate that never varies (one item, identical items) is only centred
+                    std = rows.std(0) if len(rows) > 1 else torch.zeros_like(rows[0])
+                    self.feat_mean[k], self.feat_std[k] = rows.mean(0), torch.where(std > 1e-6, std, 1.0)
+                    self.feat_count[k] = len(rows)
             idx = [self.modalities.index(m) for m in modalities]
             feats = (feats - self.feat_mean[idx]) / self.feat_std[idx]  # what the linear layers will see
         for name, layer in self.proj.items():
             norm = 1.0
             if feats is not None:
                 rows = feats if self.shared else feats[[i for i, m in enumerate(modalities) if m == name]]
-                if len(rows):
-                    norm = rows.float().pow(2).sum(-1).mean().sqrt().item()  # rms of |x| over items
+                if len(rows):  # rms of |x| over items; 0 when every item is the same (then keep 1)
+                    norm = rows.float().pow(2).sum(-1).mean().sqrt().item() or 1.0
             nn.init.normal_(layer.weight, std=target_std / norm)
             nn.init.zeros_(layer.bias)
         return self

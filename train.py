@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import encode
+from data.records import DataError, read_valid  # the data format's one validator (data/README.md)
 from agent import IGNORE, PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, format_meta_response, save_adapter
 
 
@@ -50,7 +51,8 @@ class TrainConfig:
     cache_dir: str = flag(".cache/features", "encode.py's feature cache")
     encoder_checkpoint: str = flag("", "imagebind_huge weights file for encode.py ('' = its default)")
     encode_missing: bool = flag(True, "encode media missing from the cache (rank 0), else print the command")
-    too_long: str = flag("skip", "a record longer than max_len tokens: skip (counted) or stop", ("skip", "stop"))
+    bad_records: str = flag("skip", "a line that is not a valid record (data/README.md) or is longer than max_len "
+                            "tokens: skip (counted, file:line) or stop", ("skip", "stop"))
     epochs: int = flag(1, "passes over the training data")
     max_steps: int = flag(0, "optimizer steps (0 = epochs x steps per epoch)")
     batch_size: int = flag(8, "records per optimizer step, summed over workers and micro-steps")
@@ -121,26 +123,38 @@ def parse_args(argv=None) -> tuple[TrainConfig, AgentConfig]:
         for f in fields(c):
             group.add_argument(f"--{f.name}", **_arg(f, getattr(c, f.name)))
     args = vars(p.parse_args(argv))
-    return (replace(cfg, **{f.name: args[f.name] for f in fields(cfg)}),
-            replace(acfg, **{f.name: args[f.name] for f in fields(acfg)}))
+    cfg, acfg = (replace(cfg, **{f.name: args[f.name] for f in fields(cfg)}),
+                 replace(acfg, **{f.name: args[f.name] for f in fields(acfg)}))
+    for problem in config_problems(cfg, acfg):
+        p.error(problem)  # usage + one line, exit 2: a value that makes no sense is refused, never "fixed"
+    return cfg, acfg
+
+
+def config_problems(cfg: TrainConfig, acfg: AgentConfig) -> list[str]:
+    """What makes no sense in a configuration, checked before anything is loaded."""
+    checks = [(cfg.gpus >= 1, f"--gpus {cfg.gpus}: at least 1 worker"),
+              (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: a learning rate must be positive"),
+              (min(cfg.epochs, cfg.batch_size, cfg.micro_batch) >= 1, "--epochs, --batch_size, --micro_batch: >= 1"),
+              (min(cfg.max_steps, cfg.eval_every, cfg.save_every, cfg.val_max, cfg.val_respond, cfg.stop_after,
+                   cfg.weight_decay, cfg.grad_clip) >= 0, "--max_steps, --eval_every, --save_every, --val_max, "
+               "--val_respond, --stop_after, --weight_decay, --grad_clip: >= 0"),
+              (0 <= cfg.warmup_frac <= 1 and 0 <= cfg.min_lr_frac <= 1, "--warmup_frac, --min_lr_frac: in [0, 1]"),
+              (min(acfg.lora_r, acfg.max_len, acfg.tokens_per_item, acfg.feat_dim) >= 1 and 0 <= acfg.lora_dropout < 1,
+               "--lora_r, --max_len, --tokens_per_item, --feat_dim: >= 1; --lora_dropout in [0, 1)")]
+    problems = [msg for ok, msg in checks if not ok]
+    for flag_name, folder in (("--out_dir", cfg.out_dir), ("--cache_dir", cfg.cache_dir)):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            problems.append(f"{flag_name} {folder}: is a file, not a folder: pass a folder")
+    return problems
 
 
 # ---------------------------------------------------------------- data
-def read_jsonl(path: str) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-blank line; a user mistake stops with file:line and what to do."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"{path}: data file not found (the toy set: python data/make_toy.py --out data/toy)")
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:  # dict() of anything but a JSON object fails too
-                    out.append((n, dict(json.loads(line))))
-                except (TypeError, ValueError) as e:
-                    raise SystemExit(f"{path}:{n}: not a JSON object, as a record must be (data/README.md): {e}")
-    if not out:
-        raise SystemExit(f"{path}: the data file is empty (no records): nothing to train on")
-    return out
+def read_records(path: str, cfg: TrainConfig, master: bool) -> list[tuple[int, dict]]:
+    """(line number, record) of every valid record (data.records, the validator the data tools use)."""
+    try:
+        return read_valid(path, cfg.bad_records, say=print if master else lambda _: None)
+    except DataError as e:
+        raise SystemExit(str(e)) from None
 
 
 def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, master: bool, device) -> dict:
@@ -148,10 +162,10 @@ def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, mast
     ckpt, where = cfg.encoder_checkpoint or None, {}  # file -> (line, modality) of its first record
     for n, rec in records:
         for m in rec.get("media", []):
-            file = str(Path(path).parent / m.get("path", "")) if isinstance(m, dict) else ""
-            if not isinstance(m, dict) or m.get("modality") not in encode.MODALITIES or not os.path.isfile(file):
-                raise SystemExit(f"{path}:{n}: record {rec.get('id')!r}: media item {m} names no existing file "
-                                 f"(looked for {file!r}) of a modality in {encode.MODALITIES}")
+            file = str(Path(path).parent / m["path"])  # records are valid: a modality and a path
+            if not os.path.isfile(file):
+                raise SystemExit(f"{path}:{n}: record {rec['id']!r}: media item {m} names no existing file "
+                                 f"(looked for {file!r}){_outside(path, file)}")
             where.setdefault(file, (n, m["modality"]))
     cache = {f: encode.cache_path(f, mod, acfg.encoder, cfg.cache_dir, ckpt) for f, (_, mod) in where.items()}
     missing = [f for f, c in cache.items() if not c.exists()]
@@ -168,7 +182,7 @@ def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, mast
                 if todo:
                     encode.encode_files(todo, mod, acfg.encoder, cfg.cache_dir, ckpt, device=device)
         except encode.EncodeError as e:
-            error = ["\n".join(f"{path}:{where[f][0]}: {f}: {why}" for f, why in e.failures.items())]
+            error = ["\n".join(f"{path}:{where[f][0]}: {f}: {why}{_outside(path, f)}" for f, why in e.failures.items())]
     if missing and dist.is_initialized():
         dist.broadcast_object_list(error)  # the others wait for rank 0's encoding, and stop if it failed
     if error[0]:
@@ -176,23 +190,33 @@ def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, mast
     feats = {f: np.load(c) for f, c in cache.items()}
     if any(x.shape != (acfg.feat_dim,) for x in feats.values()):
         raise SystemExit(f"{cfg.cache_dir}: encoder {acfg.encoder!r} features are not {acfg.feat_dim}-d: --feat_dim?")
+    for f, x in feats.items():  # one NaN feature makes every weight NaN within a step
+        if not np.isfinite(x).all():
+            raise SystemExit(f"{path}:{where[f][0]}: {f}: its cached feature {cache[f]} is not finite (NaN/Inf): "
+                             "delete that file and encode again (encode.py refuses such features)")
     return feats
+
+
+def _outside(path: str, file: str) -> str:
+    """A hint when a media path leaves the data file's folder (the usual cause: a path relative to another folder)."""
+    folder = os.path.realpath(Path(path).parent)
+    if os.path.commonpath([folder, os.path.realpath(file)]) == folder:
+        return ""
+    return f" (this path resolves outside the data folder {folder}: media paths are relative to the .jsonl's folder)"
 
 
 def load_split(path, model: ModaVerse, cfg, acfg, master, device) -> list[dict]:
     """Records -> examples: token ids + labels (agent.build_example) + their media features, in record order."""
-    records = read_jsonl(path)
+    records = read_records(path, cfg, master)
     feats = media_features(path, records, cfg, acfg, master, device)
     out, too_long = [], []
     for n, rec in records:
         try:
             ex = model.build_example(rec)
-        except (KeyError, TypeError) as e:
-            raise SystemExit(f"{path}:{n}: not a data record ({type(e).__name__}: {e}); see data/README.md")
         except ValueError:  # agent.build_example: longer than max_len (never truncated)
-            if cfg.too_long == "stop":
+            if cfg.bad_records == "stop":
                 raise SystemExit(f"{path}:{n}: record {rec.get('id')!r} is longer than max_len={acfg.max_len} "
-                                 "tokens: raise --max_len, shorten the record, or pass --too_long skip")
+                                 "tokens: raise --max_len, shorten the record, or pass --bad_records skip")
             too_long.append(n)
             continue
         files = [str(Path(path).parent / m["path"]) for m in rec.get("media", [])]
@@ -205,6 +229,21 @@ def load_split(path, model: ModaVerse, cfg, acfg, master, device) -> list[dict]:
     if not out:
         raise SystemExit(f"{path}: no record fits max_len={acfg.max_len}: nothing to train on")
     return out
+
+
+def stats_sample(data: list[dict], seed: int, feat_dim: int, per_modality: int = 1024):
+    """Up to per_modality media items of each modality, drawn (seeded, so every worker draws the same) from the
+    WHOLE training set: the first records of a file may lack a modality or be sorted by source.
+    -> feats (N, feat_dim) float32, modalities (N names)."""
+    where = {}  # modality -> [(example, item)]
+    for i, e in enumerate(data):
+        for j, m in enumerate(e["modalities"]):
+            where.setdefault(m, []).append((i, j))
+    rng, picked = np.random.default_rng(seed), []
+    for m in sorted(where):
+        picked += [(where[m][k], m) for k in sorted(rng.permutation(len(where[m]))[:per_modality])]
+    feats = np.array([data[i]["feats"][j] for (i, j), _ in picked], np.float32).reshape(-1, feat_dim)
+    return feats, [m for _, m in picked]
 
 
 def to_batch(model: ModaVerse, examples: list[dict], device) -> dict:
@@ -282,6 +321,8 @@ def save_checkpoint(cfg, raw_model: ModaVerse, opt, scaler, step: int, rank: int
         dist.all_gather_object(rngs, rng_state())
     if rank != 0:
         return
+    if not all(torch.isfinite(v).all() for v in raw_model.trainable_state_dict().values()):
+        raise SystemExit(f"step {step}: non-finite weights: not saved, {cfg.out_dir} keeps the last checkpoint")
     save_adapter(raw_model, cfg.out_dir)  # what agent.load_adapter reads: P + LoRA only, safetensors
     state = {"step": step, "world": world, "rng": rngs, "optimizer": opt.state_dict(),
              "scaler": scaler.state_dict(), "model": {k: v.cpu() for k, v in raw_model.trainable_state_dict().items()}}
@@ -329,6 +370,10 @@ def log(path: str, entry: dict, line: str):
 
 def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
     """The whole run on this worker; returns the last logged values (rank 0)."""
+    for flag_name, file in (("--data", cfg.data), ("--val_data", cfg.val_data)):  # cheap checks before loads
+        if file and not os.path.isfile(file):
+            raise SystemExit(f"{flag_name} {file}: data file not found (the toy set: python data/make_toy.py "
+                             "--out data/toy)")
     rank, local, world, device = setup(cfg)
     master, dt_type = rank == 0, "cuda" if device.startswith("cuda") else "cpu"
     try:
@@ -340,10 +385,13 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
         assert all(p.dtype == torch.float32 for p in params), "trainable weights must be fp32: see lora.py"
         data = load_split(cfg.data, model, cfg, acfg, master, device)
         val = load_split(cfg.val_data, model, cfg, acfg, master, device) if cfg.val_data else []
-        sample = data[:1024]  # P's initial scale per modality from real features (audio's are 20x image's)
+        feats, mods = stats_sample(data, cfg.seed, acfg.feat_dim)  # P's standardisation and initial scale
         model.projector.init_to_scale(model.llm.get_input_embeddings().weight.float().std().item(),
-                                      torch.from_numpy(np.concatenate([e["feats"] for e in sample])).to(device),
-                                      [m for e in sample for m in e["modalities"]])
+                                      torch.from_numpy(feats).to(device), mods)
+        unseen = sorted({m for e in val for m in e["modalities"]} - set(mods))
+        if unseen:
+            raise SystemExit(f"{cfg.val_data}: has {unseen} media but {cfg.data} has none: P would meet a modality "
+                             "it was never trained on. Add such records to the training data or drop them from val")
         raw_model = model
         if world > 1:  # a batch without audio leaves the audio P unused: find_unused_parameters
             model = DDP(model, device_ids=[local] if dt_type == "cuda" else None, find_unused_parameters=True)
@@ -397,6 +445,12 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
                 dist.all_reduce(loss_sum)  # = world * the global batch's loss
             scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")).item()
+            # Stop before a non-finite update reaches the weights (fp16's GradScaler skips inf gradients itself).
+            if not math.isfinite(loss_sum.item()) or (not scaler.is_enabled() and not math.isfinite(norm)):
+                raise SystemExit(f"step {step + 1}: non-finite loss ({loss_sum.item() / world:.4g}) or gradient norm "
+                                 f"({norm:.4g}); records of this batch: {[e['record']['id'] for e in batch]}. "
+                                 f"Nothing of this step was applied or saved; {cfg.out_dir} keeps the last "
+                                 "checkpoint. Check those records' features, or lower --lr")
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)

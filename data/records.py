@@ -80,23 +80,36 @@ def meta_response(target: dict) -> str:
     return json.dumps(target, ensure_ascii=False)
 
 
-def scan_jsonl(path: str) -> Iterator[tuple[int, dict | None, list[str]]]:
-    """Yield (line number, record or None, problems) for every non-blank line; never raises on
-    bad content, so a summary can count invalid lines. Missing file -> DataError."""
+def json_lines(path: str) -> Iterator[tuple[int, object, str | None]]:
+    """Yield (line number, JSON value or None, error or None) for every non-blank line. JSON Lines ends a
+    value at "\n" only (a U+2028 inside a string is text, not a line break); a UTF-8 byte-order mark and
+    CRLF line ends are accepted. A missing file, or one that is not UTF-8 text (a binary file), raises
+    DataError naming path:line."""
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")  # bytes: iteration splits at b"\n" alone, unlike str.splitlines()
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from None
     with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+        for lineno, raw in enumerate(fh, 1):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, None, [f"not valid JSON ({e.msg} at column {e.colno})"]
-                continue
-            yield lineno, rec, validate_record(rec)
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                line = None
+            if line is None or "\0" in line:  # JSON text never holds a raw NUL
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (a binary file?): a data file is JSON Lines, "
+                                "one record per line (data/README.md)")
+            if line.strip():
+                try:
+                    yield lineno, json.loads(line), None
+                except json.JSONDecodeError as e:
+                    yield lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
+
+
+def scan_jsonl(path: str) -> Iterator[tuple[int, dict | None, list[str]]]:
+    """Yield (line number, record or None, problems) for every non-blank line; never raises on bad
+    content, so a summary can count invalid lines (json_lines says what raises)."""
+    for lineno, rec, error in json_lines(path):
+        yield lineno, rec, [error] if error else validate_record(rec)
 
 
 def read_jsonl(path: str, validate: bool = True) -> list[dict]:
@@ -107,6 +120,26 @@ def read_jsonl(path: str, validate: bool = True) -> list[dict]:
             raise DataError(f"{path}:{lineno}: {'; '.join(problems)}")
         records.append(rec)
     return records
+
+
+def read_valid(path: str, bad: str = "skip", say=print) -> list[tuple[int, dict]]:
+    """(line number, record) of every valid record, for training and evaluation. A line that is not JSON or
+    not in the data format is skipped and counted (say() names each path:line and why), or with bad="stop"
+    raises DataError; a file with no valid record raises DataError."""
+    good, skipped = [], []
+    for lineno, rec, problems in scan_jsonl(path):
+        if not problems:
+            good.append((lineno, rec))
+        elif bad == "stop":
+            raise DataError(f"{path}:{lineno}: {'; '.join(problems)} (data/README.md)")
+        else:
+            skipped.append(f"  {path}:{lineno}: {'; '.join(problems)}")
+    if skipped:
+        say(f"{path}: skipped {len(skipped)} of {len(good) + len(skipped)} records not in the data format "
+            "(data/README.md):\n" + "\n".join(skipped[:10]) + ("\n  ..." if len(skipped) > 10 else ""))
+    if not good:
+        raise DataError(f"{path}: no valid record (the file is empty or every line is bad): nothing to read")
+    return good
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> int:

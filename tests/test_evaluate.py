@@ -159,6 +159,22 @@ def test_cli_scores_a_predictions_file(tmp_path, capsys):
         evaluate.main([str(data), "--predictions", str(preds)])
 
 
+def test_invalid_records_are_skipped_and_named(tmp_path, capsys):
+    """Records are checked by the data tools' validator (data/records.py): a target of {} or 12345 is skipped
+    with file:line instead of being scored; a prediction line without a string prediction names its line."""
+    data, preds = tmp_path / "test.jsonl", tmp_path / "preds.jsonl"
+    bad = [dict(RECORDS[0], id="x1", target={}), dict(RECORDS[0], id="x2", target=12345)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS + bad))
+    preds.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in PREDICTIONS.items()))
+    evaluate.main([str(data), "--predictions", str(preds), "--no-captions", "--out", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text())["meta_response"]["groups"]["all"]["n"] == len(RECORDS)
+    err = capsys.readouterr().err
+    assert f"skipped 2 of {len(RECORDS) + 2} records" in err and f"test.jsonl:{len(RECORDS) + 2}: 'target'" in err
+    preds.write_text('{"id": "r1", "prediction": "ok"}\n\n{"id": "r2", "prediction": null}\n')
+    with pytest.raises(evaluate.DataError, match=r"preds.jsonl:3: not an object with a string id and prediction"):
+        evaluate.main([str(data), "--predictions", str(preds)])
+
+
 def test_predict_feeds_each_records_media_in_order(tmp_path):
     """--adapter mode: evaluate.predict gives what respond gives on the same features, media in record order."""
     import soundfile as sf

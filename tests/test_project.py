@@ -149,4 +149,21 @@ def test_standardisation_from_training_features():
     torch.testing.assert_close(P(video, ["video"] * 256), P.proj["video"](z).view(256, 1, 32))
     assert abs(P(video, ["video"] * 256).std().item() / 0.02 - 1) < 0.1  # at the LLM's scale after centring
     assert torch.equal(P.feat_mean[P.modalities.index("image")], torch.zeros(64))  # no image rows: untouched
-    assert {"feat_mean", "feat_std"} <= set(P.state_dict())  # saved with the adapter
+    assert {"feat_mean", "feat_std", "feat_count"} <= set(P.state_dict())  # saved with the adapter
+    with pytest.raises(ValueError, match=r"no \['image'\] input was in the training data"):
+        P(video[:2], ["video", "image"])  # standardised for video and audio only: image has no statistics
+
+
+def test_degenerate_statistics_are_handled():
+    """One item, or identical items, have zero variance: P centres them, keeps a finite scale, and a new item
+    of that modality still maps to a finite output at the LLM's scale (it used to divide by zero)."""
+    torch.manual_seed(0)
+    same = torch.randn(1, 64).repeat(4, 1)
+    P = Projector(64, 32).init_to_scale(0.02, torch.cat([same, same[:1]]), ["image"] * 4 + ["audio"])
+    for m in ("image", "audio"):
+        k = P.modalities.index(m)
+        assert torch.equal(P.feat_std[k], torch.ones(64)) and torch.equal(P.feat_mean[k], same[0])
+    out = P(torch.randn(3, 64), ["image", "audio", "image"])
+    assert torch.isfinite(out).all() and out.abs().max() > 0
+    assert torch.equal(P(same[:2], ["image"] * 2), torch.zeros(2, 1, 32))  # the one seen item: centred to 0
+    assert torch.isfinite(P.proj["image"].weight).all()

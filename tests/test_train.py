@@ -6,6 +6,7 @@ target names the colour of its image, which the feature encodes (one random dire
 """
 import json
 import os
+import re
 from dataclasses import fields
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_tiny_run_loss_falls_and_checkpoint_holds_only_p_and_lora(data, tmp_path
     saved = load_file(tmp_path / "adapter.safetensors")
     model = load_adapter(str(tmp_path))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    stats = {"projector.feat_mean", "projector.feat_std"}  # P's fixed standardisation (project.py), not trained
+    stats = {"projector.feat_mean", "projector.feat_std", "projector.feat_count"}  # P's fixed standardisation (project.py), not trained
     assert set(saved) == trainable | stats and all(n.startswith("projector.") or n.endswith((".lora_A", ".lora_B"))
                                                   for n in saved)
     assert sum(v.numel() for v in saved.values()) < 0.1 * sum(p.numel() for p in model.parameters())
@@ -214,13 +215,108 @@ def test_missing_media_file_names_its_line(data, model, tmp_path):
         load(path, model, data["cache"])
 
 
-def test_empty_file_and_bad_json_stop_with_a_message(data, model, tmp_path):
+def test_empty_file_and_bad_json_stop_with_a_message(data, model, tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_text("\n  \n")
-    with pytest.raises(SystemExit, match="the data file is empty"):
+    with pytest.raises(SystemExit, match="no valid record"):
         load(tmp_path / "empty.jsonl", model, data["cache"])
-    (tmp_path / "bad.jsonl").write_text(open(data["train"]).readline() + "{not json\n")
-    with pytest.raises(SystemExit, match=r"bad.jsonl:2: not a JSON object"):
-        load(tmp_path / "bad.jsonl", model, data["cache"])
+    (data["root"] / "bad.jsonl").write_text(open(data["train"]).readline() + "{not json\n")
+    assert len(load(data["root"] / "bad.jsonl", model, data["cache"])) == 1
+    assert "bad.jsonl: skipped 1 of 2 records" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: not valid JSON"):
+        load(data["root"] / "bad.jsonl", model, data["cache"], bad_records="stop")
+
+
+def test_records_are_validated_skipped_with_file_line_or_stop(data, model, tmp_path, capsys):
+    """Every record is checked against data/README.md by the data tools' validator (data/records.py): a target
+    of {} or 12345, a JSON array, media that is not a list are skipped and named by file:line (they used to be
+    trained on, or crash); a UTF-8 BOM and CRLF line ends are fine; a binary file is refused."""
+    good = open(data["train"]).read().splitlines()[:2]
+    bad = [json.loads(good[0]) | {"target": {}}, json.loads(good[0]) | {"target": 12345}, [json.loads(good[0])],
+           json.loads(good[0]) | {"media": {"modality": "image", "path": "media/train-0.png"}}]
+    path = data["root"] / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join([good[0]] + [json.dumps(b) for b in bad] + [good[1]]).encode() + b"\r\n")
+    assert [e["record"]["id"] for e in load(path, model, data["cache"])] == ["train-0", "train-1"]
+    out = capsys.readouterr().out
+    assert "skipped 4 of 6 records not in the data format" in out
+    for line, why in [(2, "target.response must be a string"), (3, "'target' must be an object"),
+                      (4, "a record must be a JSON object, got list"), (5, "'media' must be a list")]:
+        assert f"mixed.jsonl:{line}: {why}" in out
+    with pytest.raises(SystemExit, match=r"mixed.jsonl:2: target.response must be a string"):
+        load(path, model, data["cache"], bad_records="stop")
+    (tmp_path / "binary.jsonl").write_bytes(good[0].encode() + b"\n\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(SystemExit, match=r"binary.jsonl:2: not UTF-8 text \(a binary file\?\)"):
+        load(tmp_path / "binary.jsonl", model, data["cache"])
+
+
+def test_media_outside_the_data_folder_is_named(data, model, tmp_path):
+    record = json.loads(open(data["train"]).readline())
+    (tmp_path / "outside.png").write_bytes(b"not an image")
+    record["media"][0]["path"] = os.path.relpath(tmp_path / "outside.png", data["root"])
+    path = data["root"] / "outside.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(SystemExit, match=r"outside.png: .*resolves outside the data folder"):
+        load(path, model, data["cache"], encode_missing=True)
+
+
+def test_nonfinite_cached_feature_stops_naming_the_file(data, model, tmp_path):
+    path = make_data(tmp_path, "nan", 2, seed=7, cache=data["cache"])
+    np.save(encode.cache_path(tmp_path / "media" / "nan-1.png", "image", "tiny", data["cache"]),
+            np.full(512, np.nan, np.float32))
+    with pytest.raises(SystemExit, match=r"nan.jsonl:2: .*nan-1.png: its cached feature .* is not finite"):
+        load(path, model, data["cache"])
+
+
+def test_nonfinite_loss_stops_naming_step_and_records_and_keeps_the_last_checkpoint(data, tmp_path):
+    """lr 1e30: step 1 leaves finite but huge weights (saved), step 2's loss is not finite: the run stops
+    before applying or saving anything of step 2 (it used to train on to NaN weights and exit 0)."""
+    with pytest.raises(SystemExit, match=r"step 2: non-finite loss .*records of this batch: \['train-"):
+        train.main(args(data, tmp_path, "--max_steps", 5, "--lr", 1e30, "--save_every", 1, "--val_data", ""))
+    assert torch.load(tmp_path / "train_state.pt", weights_only=True)["step"] == 1
+    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "adapter.safetensors").values())
+
+
+def test_statistics_from_a_seeded_sample_of_the_whole_file(data, tmp_path):
+    """Audio only in the last records of a large file still gets statistics (they came from the first 1,024
+    records before); the sample is seeded; a modality in val but not in train is refused."""
+    examples = [{"feats": np.full((1, 4), i, np.float32), "modalities": ["image"]} for i in range(3000)]
+    examples += [{"feats": np.ones((2, 4), np.float32), "modalities": ["audio", "image"]}]
+    feats, mods = train.stats_sample(examples, seed=0, feat_dim=4, per_modality=100)
+    assert mods.count("audio") == 1 and mods.count("image") == 100 and feats.shape == (101, 4)
+    assert feats[[m == "image" for m in mods], 0].max() > 1024  # spread over the whole file
+    again, _ = train.stats_sample(examples, seed=0, feat_dim=4, per_modality=100)
+    assert np.array_equal(feats, again) and not np.array_equal(feats, train.stats_sample(examples, 1, 4, 100)[0])
+    no_audio = data["root"] / "no_audio.jsonl"  # make_data gives audio to records 0, 3, 6, ...: keep 1 and 2
+    no_audio.write_text("".join(open(data["train"]).read().splitlines(keepends=True)[1:3]))
+    with pytest.raises(SystemExit, match=r"has \['audio'\] media but .*no_audio.jsonl has none"):
+        train.main(args(data, tmp_path / "out", "--data", no_audio, "--max_steps", 1))
+
+
+def test_identical_records_train(data, tmp_path):
+    """One media file per modality (zero variance) used to stop with ZeroDivisionError in init_to_scale."""
+    one = open(data["train"]).readline()
+    (data["root"] / "same.jsonl").write_text(one + one)
+    train.main(args(data, tmp_path / "out", "--data", data["root"] / "same.jsonl", "--val_data", "", "--max_steps", 2))
+    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "out" / "adapter.safetensors").values())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus", "0"], "--gpus 0: at least 1 worker"), (["--gpus", "-1"], "--gpus -1: at least 1 worker"),
+    (["--lr", "-1"], "--lr -1.0: a learning rate must be positive"), (["--batch_size", "0"], "--batch_size"),
+    (["--warmup_frac", "2"], "--warmup_frac"), (["--lora_dropout", "1"], "--lora_dropout"),
+    (["--out_dir", "FILE"], "--out_dir .*: is a file, not a folder")])
+def test_nonsense_flags_are_refused_before_loading(data, tmp_path, capsys, flags, message):
+    (tmp_path / "FILE").write_text("")
+    flags = [str(tmp_path / "FILE") if f == "FILE" else f for f in flags]
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(args(data, tmp_path / "out", *flags))
+    assert e.value.code == 2
+    assert re.search(message, capsys.readouterr().err.splitlines()[-1])
+
+
+def test_missing_data_file_stops_before_the_model_loads(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train.ModaVerse, "from_config", lambda *a: pytest.fail("loaded the model first"))
+    with pytest.raises(SystemExit, match="--data nowhere.jsonl: data file not found"):
+        train.main(args(data, tmp_path, "--data", "nowhere.jsonl"))
 
 
 def test_over_long_record_is_skipped_and_counted_or_stops(data, model, capsys):
@@ -234,4 +330,4 @@ def test_over_long_record_is_skipped_and_counted_or_stops(data, model, capsys):
     assert "skipped 1 of 4 records longer than max_len=256 tokens (lines [2])" in capsys.readouterr().out
     assert all(e["n_sup"] > 0 and len(e["input_ids"]) <= 256 for e in examples)
     with pytest.raises(SystemExit, match=r"long.jsonl:2: record 'train-1' is longer than max_len=256"):
-        load(path, model, data["cache"], too_long="stop")
+        load(path, model, data["cache"], bad_records="stop")
