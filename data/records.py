@@ -143,14 +143,22 @@ def read_valid(path: str, bad: str = "skip", say=print) -> list[tuple[int, dict]
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> int:
-    """Write records atomically (temp file, then os.replace); returns how many were written."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write records atomically (temp file, then os.replace); returns how many were written. An output path
+    that cannot be a file (a folder, or under a file) -> DataError naming it."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; the output must be a .jsonl file path")
     tmp, n = path + ".tmp", 0
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except (FileExistsError, NotADirectoryError) as e:  # os.makedirs / open under a path part that is a file
+        raise DataError(f"{path}: cannot write there: {e.filename} is a file, not a folder") from None
+    except PermissionError as e:
+        raise DataError(f"{path}: cannot write there ({e.strerror})") from None
     return n
 
 

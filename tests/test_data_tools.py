@@ -152,6 +152,13 @@ def test_convert_bad_input_names_file_and_place(tmp_path):
     (tmp_path / "broken.json").write_text('{"images": [\n  {"id": 1,,}]}')
     with pytest.raises(SystemExit, match=r"broken\.json:2: not valid JSON"):
         convert.main(["coco", str(tmp_path / "broken.json"), "--root", str(tmp_path), "--out", str(tmp_path / "o.jsonl")])
+    good = write_json(tmp_path / "c.json", {"images": [{"id": 1, "file_name": "a.png"}],
+                                             "annotations": [{"image_id": 1, "caption": "a cat"}]})
+    (tmp_path / "file").write_text("")
+    for out, why in [(tmp_path / "file" / "o.jsonl", r"file/o\.jsonl: cannot write there: .*file is a file, not a"),
+                     (tmp_path, "is a folder; the output must be a .jsonl file path")]:
+        with pytest.raises(SystemExit, match=why):  # a one-line error, not a traceback from os.makedirs
+            convert.main(["coco", good, "--root", str(tmp_path), "--out", str(out), "--no-check-files"])
 
 
 # ----------------------------------------------------------------------------- instruction generator
