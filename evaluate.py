@@ -95,20 +95,22 @@ def score_record(record: dict, prediction: str) -> dict:
     }
 
 
-def score_meta_responses(records: list[dict], predictions: dict[str, str]) -> dict:
+def score_meta_responses(records: list[dict], predictions: dict[str, str], ceilings: dict | None = None) -> dict:
     """Meta-response metrics of predictions {id: text} on records (data/README.md), as fractions in [0, 1].
     Returns {"n", "missing": [ids without a prediction, scored as ""], "groups": {name: {metric: value,
-    "n": records, "n_prompt": records with a target prompt}}}; groups: "all", "kind=...", combinations."""
-    groups = collections.defaultdict(list)
+    "n": records, "n_prompt": records with a target prompt}}}; groups: "all", "kind=...", combinations.
+    ceilings {id: bool} (probe.record_ceilings) add the metric "ceiling": the share of records whose needed
+    attributes a linear probe reads right from the same features, the best exact prompt P + LLM can reach."""
+    groups, ceilings = collections.defaultdict(list), ceilings or {}
     for rec in records:
-        s = score_record(rec, predictions.get(rec["id"], ""))
+        s = score_record(rec, predictions.get(rec["id"], "")) | {"ceiling": ceilings.get(rec["id"])}
         for name in ("all", f"kind={rec['kind']}", combination(rec)):
             groups[name].append(s)
     report = {"n": len(records), "missing": [r["id"] for r in records if r["id"] not in predictions], "groups": {}}
     for name in ["all", *sorted(g for g in groups if g.startswith("kind=")),
                  *sorted(g for g in groups if g != "all" and not g.startswith("kind="))]:
         rows, out = groups[name], {"n": len(groups[name])}
-        for m in METRICS:
+        for m in (*METRICS, "ceiling"):
             values = [s[m] for s in rows if s[m] is not None]
             out[m] = sum(values) / len(values) if values else None
         out["n_prompt"] = sum(s["prompt_f1"] is not None for s in rows)
@@ -118,9 +120,11 @@ def score_meta_responses(records: list[dict], predictions: dict[str, str]) -> di
 
 def format_table(report: dict) -> str:
     """The meta-response report as an aligned text table of percentages."""
-    lines = [f"{'group':<24}{'n':>6}" + "".join(f"{h:>10}" for h in HEADERS)]
+    metrics, headers = (METRICS, HEADERS) if report["groups"]["all"]["ceiling"] is None else \
+        ((*METRICS[:4], "ceiling", *METRICS[4:]), (*HEADERS[:4], "ceiling", *HEADERS[4:]))
+    lines = [f"{'group':<24}{'n':>6}" + "".join(f"{h:>10}" for h in headers)]
     for name, g in report["groups"].items():
-        cells = "".join(f"{'-' if g[m] is None else f'{100 * g[m]:.1f}':>10}" for m in METRICS)
+        cells = "".join(f"{'-' if g[m] is None else f'{100 * g[m]:.1f}':>10}" for m in metrics)
         lines.append(f"{name:<24}{g['n']:>6}{cells}")
     if report["missing"]:
         lines.append(f"({len(report['missing'])} records had no prediction and were scored as empty text)")
@@ -347,6 +351,10 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--cache_dir", default=".cache/features", help="encode.py's feature cache")
     p.add_argument("--max_new_tokens", type=int, default=256, help="longest meta-response with --adapter")
+    p.add_argument("--ceiling", metavar="MEDIA_JSONL", help="the media listing (data/toy/media.jsonl): add each "
+                   "path's ceiling, a linear probe of the attributes its prompts need (probe.py)")
+    p.add_argument("--encoder", default="toy", help="with --ceiling and --predictions: the encode.py preset of "
+                   "the features (with --adapter: the adapter's)")
     p.add_argument("--out", help="write the whole report here as JSON")
     args = p.parse_args(argv)
     if not args.data and not args.generated:
@@ -365,7 +373,14 @@ def main(argv=None):
                                  for k, v in preds.items())
         else:
             preds = read_predictions(args.predictions)
-        report["meta_response"] = score_meta_responses(records, preds)
+        ceilings = None
+        if args.ceiling:
+            from probe import record_ceilings  # lazy: needs the encoder (cached features)
+            encoder = json.loads(open(os.path.join(args.adapter, "config.json")).read())["encoder"] \
+                if args.adapter else args.encoder
+            ceilings = record_ceilings(records, os.path.dirname(args.data), args.ceiling, encoder=encoder,
+                                       cache_dir=args.cache_dir)
+        report["meta_response"] = score_meta_responses(records, preds, ceilings)
         print(f"Meta-responses on {args.data} (% of records; prompt= and promptF1 over records that invoke a model)")
         print(format_table(report["meta_response"]))
         print("JSON: exactly our format; parse: generate.py reads it with no problem (plain text = a text-only reply);"
