@@ -4,15 +4,17 @@ Not a stage of Eq. (1) itself: it makes the (instruction, media) -> meta-respons
 projector P and the LoRA of the LLM (paper Sec. 3.2: input-side, output-side and reasoning instructions),
 offline and on a CPU. Every media item is a PNG, WAV or MP4 described by a few attributes that a *random*
 ImageBind still carries (colour; audio pitch, waveform, rhythm: see data/README.md), and some attribute
-combinations are kept out of training so that the test split measures generalisation.
+combinations are kept out of training so that the test split measures generalisation. A second test file,
+test_wordings.jsonl, asks in phrasings that no training template uses (requests, refusals, text-only questions).
 
 Run (same seed -> byte-identical files):
-    python data/make_toy.py --out data/toy --seed 0                 # full: ~3600 records, 428 media files
+    python data/make_toy.py --out data/toy --seed 0                 # full: 3600 records + 100, 428 media files
     python data/make_toy.py --out /tmp/toy --seed 0 --preset small  # tests / CI: a few seconds
 The record format and the design are specified in data/README.md. This file imports no stage.
 """
 import argparse
 import json
+import re
 import shutil
 import time
 import wave
@@ -64,13 +66,50 @@ HELD_OUT = {
     "pitch+waveform": {("medium", "sine"), ("low", "square"), ("high", "sawtooth")},  # in a text-to-audio prompt
 }
 
-# Instruction wording signals the output model (paper Sec. 3.2, output-side alignment).
-VERBS = {"text-to-image": ("Draw", "Paint", "Sketch", "Make a picture of"),
-         "text-to-video": ("Film", "Animate", "Make a clip of", "Shoot a video of"),
-         "text-to-audio": ("Compose", "Play", "Make a sound of", "Generate audio of")}
+# Instruction wordings. A request names its output model (paper Sec. 3.2, output-side alignment); {x} is what to
+# make. "describe"/"colour" turn a generator down ({refuse} {refusing} {gen}: REFUSAL) and ask about the media
+# item ({noun}); "question" asks the toy's world knowledge without media (key: the slot that answers).
+# HELD_OUT_WORDS are phrasings that no training template uses (test_wordings.jsonl, data/README.md §4): they test
+# whether the LLM's language survives the LoRA, not its memory of templates.
+TRAIN_WORDS = {
+    "text-to-image": ("Draw {x}.", "Paint {x}.", "Sketch {x}.", "Make a picture of {x}.", "Can you draw {x}?",
+                      "Please paint {x}.", "I want a picture of {x}.", "Create an image of {x}.",
+                      "Show me a drawing of {x}."),
+    "text-to-video": ("Film {x}.", "Animate {x}.", "Make a clip of {x}.", "Shoot a video of {x}.",
+                      "Can you film {x}?", "Please animate {x}.", "I want a video of {x}.", "Create a clip of {x}.",
+                      "Show me a video of {x}."),
+    "text-to-audio": ("Compose {x}.", "Play {x}.", "Make a sound of {x}.", "Generate audio of {x}.",
+                      "Can you play {x}?", "Please compose {x}.", "I want to hear {x}.", "Create a sound of {x}.",
+                      "Give me audio of {x}."),
+    "describe": ("Don't {refuse}; just describe this {noun}.", "Describe this {noun} instead of {refusing}.",
+                 "Please don't {refuse}. What is in this {noun}?"),
+    "colour": ("Do not {refuse}; what colour is this {noun}?", "What colour is this {noun}? Don't {refuse}."),
+    "redirect": ("Don't {refuse}. ", "Do not {refuse}. "),  # put before a request of another model
+    "question": {"colour": ("What colour is {food}?", "Which colour does {food} have?"),
+                 "food": ("Name a food that is {colour}.", "Which food is {colour}?"),
+                 "instrument": ("Which instrument plays {tone}?", "What instrument makes {tone}?"),
+                 "tone": ("What tone does {instrument} make?", "Which tone comes from {instrument}?")},
+}
+HELD_OUT_WORDS = {
+    "text-to-image": ("Could you whip up an illustration of {x}?", "I'd love a portrait of {x}.",
+                      "How about a doodle of {x}?"),
+    "text-to-video": ("I'd love to see some footage of {x}.", "Could you put together a short movie of {x}?",
+                      "How about an animation of {x}?"),
+    "text-to-audio": ("Let me hear {x}.", "I'd like to listen to {x}.", "Could you produce a recording of {x}?"),
+    "describe": ("No {gen}, just tell me what it is.",
+                 "Hold off on making a {gen} and explain what this {noun} holds."),
+    "colour": ("Skip the {gen} and tell me what colour this is.", "Forget the {gen}; what shade is this {noun}?"),
+    "question": {"colour": ("What shade is {food} usually?",), "food": ("Suggest something to eat that is {colour}.",),
+                 "instrument": ("If I hear {tone}, which instrument is it?",),
+                 "tone": ("What sort of sound would {instrument} give?",)},
+}
+REFUSAL = {"text-to-image": {"refuse": "draw anything", "refusing": "drawing it", "gen": "picture"},
+           "text-to-video": {"refuse": "film anything", "refusing": "filming it", "gen": "video"},
+           "text-to-audio": {"refuse": "play anything", "refusing": "playing it", "gen": "sound"}}
 RESPONSE = {"text-to-image": "Here is the picture.", "text-to-video": "Here is the video.",
             "text-to-audio": "Here is the sound."}
 NOUNS = {"image": ("image", "picture"), "video": ("video", "clip"), "audio": ("sound", "audio")}
+WORDING_TESTS = {"request-image": 20, "request-video": 20, "request-audio": 20, "negation": 24, "text-question": 16}
 
 # ----------------------------------------------------------------------------- helpers and media
 
@@ -200,8 +239,9 @@ def make_media(out: Path, cfg: ToyConfig, seed: int) -> list[dict]:
     return rows
 
 # ----------------------------------------------------------------------------- instruction records
-# A family returns (kind, instruction, media items, target, combos) for media drawn from one split's pool.
-# `combos` lists the attribute pairings of the record that HELD_OUT is checked against.
+# A family returns (kind, instruction, media items, response, invocation or None, combos, needs) for media drawn
+# from one split's pool. `combos` lists the attribute pairings of the record that HELD_OUT is checked against;
+# `needs` the [media index, attribute] pairs that the invocation's prompt is built from (data/README.md §1).
 
 
 def describe_visual(item: dict) -> str:
@@ -212,17 +252,24 @@ def describe_visual(item: dict) -> str:
     return f"the video shows {a(at['colour'])} shape moving"
 
 
-def tone(at: dict, pitch=None, waveform=None, rhythm=None) -> str:
-    return a(f"{pitch or at['pitch']} {waveform or at['waveform']} tone {RHYTHMS[rhythm or at['rhythm']]}")
+def tone(at: dict) -> str:
+    return a(f"{at['pitch']} {at['waveform']} tone {RHYTHMS[at['rhythm']]}")
 
 
-def invocation(model: str, colour: str, thing: str, direction: str) -> tuple[dict, list]:
-    """Generator-style prompt for text-to-image / text-to-video, and the model+colour combo it makes."""
-    if model == "text-to-image":
-        prompt = f"a picture of {a(colour + ' ' + thing)}"
+def describe(item: dict) -> str:
+    text = f"the audio is {tone(item['attributes'])}" if item["modality"] == "audio" else describe_visual(item)
+    return text[0].upper() + text[1:] + "."
+
+
+def ask_visual(rng, words: dict, model: str, x: str, colour: str, thing: str) -> tuple[str, dict, list]:
+    """A request of text-to-image / text-to-video for x (a video moves: the direction is said), its invocation
+    with a generator-style prompt, and the model+colour combo it makes."""
+    direction, what = choice(rng, list(DIRECTIONS)), a(f"{colour} {thing}")
+    if model == "text-to-video":
+        x, prompt = f"{x}, moving {direction}", f"a video of {what} moving {direction}"
     else:
-        prompt = f"a video of {a(colour + ' ' + thing)} moving {direction}"
-    return {"model": model, "prompt": prompt}, ["model+colour", model, colour]
+        prompt = f"a picture of {what}"
+    return choice(rng, words[model]).format(x=x), {"model": model, "prompt": prompt}, ["model+colour", model, colour]
 
 
 def pair_combo(visual: dict, audio: dict) -> list:
@@ -234,8 +281,7 @@ def f_describe_one(rng, pick):
     noun = choice(rng, NOUNS[item["modality"]])
     instruction = choice(rng, [f"Describe the given {noun}.", f"What is in this {noun}?",
                               f"Tell me what the {noun} contains.", f"Give a short description of this {noun}."])
-    text = (f"the audio is {tone(item['attributes'])}" if item["modality"] == "audio" else describe_visual(item))
-    return "input", instruction, [item], text[0].upper() + text[1:] + ".", None, []
+    return "input", instruction, [item], describe(item), None, [], []
 
 
 def f_describe_pair(rng, pick):
@@ -249,7 +295,7 @@ def f_describe_pair(rng, pick):
     instruction = choice(rng, [f"Describe the given {names}.", f"What do the {names} contain?",
                               f"Describe both the {names}."])
     response = f"{parts[0][0].upper()}{parts[0][1:]}, and {parts[1]}."
-    return "input", instruction, media, response, None, [pair_combo(visual, audio)]
+    return "input", instruction, media, response, None, [pair_combo(visual, audio)], []
 
 
 def f_food(rng, pick):
@@ -258,7 +304,7 @@ def f_food(rng, pick):
     instruction = choice(rng, [f"What food has the same colour as this {noun}?",
                               f"Name a food with the colour of this {noun}."])
     response = f"{a(FOOD[colour]).capitalize()}, because the {item['modality']} is {colour}."
-    return "reasoning", instruction, [item], response, None, []
+    return "reasoning", instruction, [item], response, None, [], []
 
 
 def f_instrument(rng, pick):
@@ -266,7 +312,7 @@ def f_instrument(rng, pick):
     w = item["attributes"]["waveform"]
     instruction = choice(rng, ["Which instrument could make this sound?", "What instrument might be playing here?"])
     response = f"{a(INSTRUMENT[w]).capitalize()}, because the audio is {a(w)} tone."
-    return "reasoning", instruction, [item], response, None, []
+    return "reasoning", instruction, [item], response, None, [], []
 
 
 def f_beeps(rng, pick):
@@ -274,7 +320,7 @@ def f_beeps(rng, pick):
     instruction = choice(rng, ["How many beeps are in this sound?", "Count the beeps in the audio."])
     response = {"steady": "None, the tone is held steady.", "two beeps": "Two beeps.",
                 "four beeps": "Four beeps."}[item["attributes"]["rhythm"]]
-    return "reasoning", instruction, [item], response, None, []
+    return "reasoning", instruction, [item], response, None, [], []
 
 
 def f_same_colour(rng, pick):
@@ -285,7 +331,7 @@ def f_same_colour(rng, pick):
     instruction = choice(rng, ["Do the picture and the video have the same colour?",
                               "Are the image and the clip the same colour?"])
     response = f"Yes, both are {c1}." if c1 == c2 else f"No, the image is {c1} and the video is {c2}."
-    return "reasoning", instruction, [image, video], response, None, []
+    return "reasoning", instruction, [image, video], response, None, [], []
 
 
 def f_food_and_instrument(rng, pick):
@@ -297,69 +343,117 @@ def f_food_and_instrument(rng, pick):
         f"Name a food with the colour of the {noun} and an instrument for the sound."])
     response = (f"{a(FOOD[colour]).capitalize()} for the {colour} {visual['modality']}, "
                 f"and {a(INSTRUMENT[w])} for the {w} tone.")
-    return "reasoning", instruction, [visual, audio], response, None, [pair_combo(visual, audio)]
+    return "reasoning", instruction, [visual, audio], response, None, [pair_combo(visual, audio)], []
 
 
-def f_paint_thing(rng, pick):
+# Families with a `words` argument take their phrasings from it (HELD_OUT_WORDS for test_wordings.jsonl).
+def f_paint_thing(rng, pick, words=TRAIN_WORDS):
     """Colour from the media, object and direction from the instruction."""
     item, model = pick(choice(rng, ["image", "video"])), choice(rng, MODELS[:2])
-    noun, thing, verb = choice(rng, NOUNS[item["modality"]]), choice(rng, THINGS), choice(rng, VERBS[model])
-    direction = choice(rng, list(DIRECTIONS))
-    move = f", moving {direction}" if model == "text-to-video" else ""
-    instruction = choice(rng, [f"{verb} {a(thing)} in the colour of this {noun}{move}.",
-                              f"Using the colour of this {noun}, {verb[0].lower()}{verb[1:]} {a(thing)}{move}."])
-    inv, combo = invocation(model, item["attributes"]["colour"], thing, direction)
-    return "output", instruction, [item], RESPONSE[model], inv, [combo]
+    noun, thing = choice(rng, NOUNS[item["modality"]]), choice(rng, THINGS)
+    x = choice(rng, [f"{a(thing)} in the colour of this {noun}", f"{a(thing)} the same colour as this {noun}"])
+    instruction, inv, combo = ask_visual(rng, words, model, x, item["attributes"]["colour"], thing)
+    return "output", instruction, [item], RESPONSE[model], inv, [combo], [[0, "colour"]]
 
 
-def f_paint_instrument(rng, pick):
+def f_paint_instrument(rng, pick, words=TRAIN_WORDS):
     """Paper: 'Generate an image of the animal that makes this sound'. Colour from the instruction."""
-    item, model = pick("audio"), choice(rng, MODELS[:2])
-    colour, verb, direction = choice(rng, list(COLOURS)), choice(rng, VERBS[model]), choice(rng, list(DIRECTIONS))
-    move = f", moving {direction}" if model == "text-to-video" else ""
-    instruction = choice(rng, [f"{verb} the instrument that makes this sound, in {colour}{move}.",
-                              f"{verb} the instrument playing this audio, coloured {colour}{move}."])
-    inv, combo = invocation(model, colour, INSTRUMENT[item["attributes"]["waveform"]], direction)
-    return "output", instruction, [item], RESPONSE[model], inv, [combo]
+    item, model, colour = pick("audio"), choice(rng, MODELS[:2]), choice(rng, list(COLOURS))
+    x = choice(rng, [f"the instrument that makes this sound, in {colour}",
+                     f"the instrument playing this audio, coloured {colour}"])
+    instruction, inv, combo = ask_visual(rng, words, model, x, colour, INSTRUMENT[item["attributes"]["waveform"]])
+    return "output", instruction, [item], RESPONSE[model], inv, [combo], [[0, "waveform"]]
 
 
-def f_colour_instrument(rng, pick):
+def f_colour_instrument(rng, pick, words=TRAIN_WORDS):
     """Instrument from the audio, colour from the image/video: needs both media items."""
     visual, audio, model = pick(choice(rng, ["image", "video"])), pick("audio"), choice(rng, MODELS[:2])
-    noun, verb = choice(rng, NOUNS[visual["modality"]]), choice(rng, VERBS[model])
-    direction = choice(rng, list(DIRECTIONS))
-    move = f", moving {direction}" if model == "text-to-video" else ""
-    instruction = f"{verb} the instrument that makes this sound, in the colour of this {noun}{move}."
-    instrument = INSTRUMENT[audio["attributes"]["waveform"]]
-    inv, combo = invocation(model, visual["attributes"]["colour"], instrument, direction)
-    return "output", instruction, [audio, visual], RESPONSE[model], inv, [combo, pair_combo(visual, audio)]
+    x = f"the instrument that makes this sound, in the colour of this {choice(rng, NOUNS[visual['modality']])}"
+    instruction, inv, combo = ask_visual(rng, words, model, x, visual["attributes"]["colour"],
+                                         INSTRUMENT[audio["attributes"]["waveform"]])
+    return ("output", instruction, [audio, visual], RESPONSE[model], inv, [combo, pair_combo(visual, audio)],
+            [[0, "waveform"], [1, "colour"]])
 
 
-def f_replay_sound(rng, pick):
+def f_replay_sound(rng, pick, words=TRAIN_WORDS):
     """text-to-audio: keep pitch from the audio, change the rhythm or the instrument by instruction."""
     item, model = pick("audio"), "text-to-audio"
-    at, verb = item["attributes"], choice(rng, VERBS["text-to-audio"])
     if rng.random() < 0.5:
-        rhythm, waveform = choice(rng, list(RHYTHMS)), at["waveform"]
-        instruction, prompt = f"{verb} this tone again, {RHYTHMS[rhythm]}.", tone(at, rhythm=rhythm)
+        rhythm = choice(rng, list(RHYTHMS))
+        x, said = f"this tone again, {RHYTHMS[rhythm]}", {"rhythm": rhythm}
     else:
         instrument = choice(rng, list(WAVEFORM_OF))
-        waveform = WAVEFORM_OF[instrument]
-        instruction = f"{verb} this tune again, played on {a(instrument)}."
-        prompt = tone(at, waveform=waveform)
-    inv, combo = {"model": model, "prompt": prompt}, ["pitch+waveform", at["pitch"], waveform]
-    return "output", instruction, [item], RESPONSE[model], inv, [combo]
+        x, said = f"this tune again, played on {a(instrument)}", {"waveform": WAVEFORM_OF[instrument]}
+    at = item["attributes"] | said
+    needs = [[0, key] for key in at if key not in said]  # the audio's other two attributes
+    inv, combo = {"model": model, "prompt": tone(at)}, ["pitch+waveform", at["pitch"], at["waveform"]]
+    return "output", choice(rng, words[model]).format(x=x), [item], RESPONSE[model], inv, [combo], needs
+
+
+def f_text_request(rng, pick, words=TRAIN_WORDS):
+    """No media: everything the prompt needs is in the words; in train, some first turn another model down."""
+    model = choice(rng, MODELS)
+    if model == "text-to-audio":
+        at = {key: choice(rng, values) for key, values in MEDIA["audio"][2].items()}
+        note = f"{a(at['pitch'])} note on {a(INSTRUMENT[at['waveform']])}, {RHYTHMS[at['rhythm']]}"
+        x = choice(rng, [tone(at), note])
+        instruction, inv = choice(rng, words[model]).format(x=x), {"model": model, "prompt": tone(at)}
+        combo = ["pitch+waveform", at["pitch"], at["waveform"]]
+    else:
+        colour, thing = choice(rng, list(COLOURS)), choice(rng, THINGS)
+        instruction, inv, combo = ask_visual(rng, words, model, a(f"{colour} {thing}"), colour, thing)
+    if "redirect" in words and rng.random() < 0.25:
+        other = choice(rng, [m for m in MODELS if m != model])
+        instruction = choice(rng, words["redirect"]).format(**REFUSAL[other]) + instruction
+    return "output", instruction, [], RESPONSE[model], inv, [combo], []
+
+
+def f_negation(rng, pick, words=TRAIN_WORDS):
+    """A generator is turned down: describe the media item (or say its colour), invoke nothing."""
+    item = pick(choice(rng, ["image", "video", "audio"]))
+    ask = "colour" if item["modality"] != "audio" and rng.random() < 0.4 else "describe"
+    slots = REFUSAL[choice(rng, MODELS)] | {"noun": choice(rng, NOUNS[item["modality"]])}
+    response = item["attributes"]["colour"].capitalize() + "." if ask == "colour" else describe(item)
+    return "input", choice(rng, words[ask]).format(**slots), [item], response, None, [], []
+
+
+def f_question(rng, pick, words=TRAIN_WORDS):
+    """No media: the toy's world knowledge (colour <-> food, waveform <-> instrument) asked in words."""
+    colour, w = choice(rng, list(COLOURS)), choice(rng, WAVEFORMS)
+    slots = {"food": a(FOOD[colour]), "colour": colour, "tone": a(f"{w} tone"), "instrument": a(INSTRUMENT[w])}
+    topic = choice(rng, list(words["question"]))  # the slot that answers
+    instruction = choice(rng, words["question"][topic]).format(**slots)
+    return "reasoning", instruction, [], slots[topic].capitalize() + ".", None, [], []
 
 
 # family -> (weight in train, weight in val/test). Only families that can hold a held-out combo go to val/test.
-FAMILIES = {f_describe_one: (0.17, 0), f_describe_pair: (0.08, 0.15), f_food: (0.06, 0), f_instrument: (0.05, 0),
-            f_beeps: (0.04, 0), f_same_colour: (0.04, 0), f_food_and_instrument: (0.06, 0.15),
-            f_paint_thing: (0.22, 0.25), f_paint_instrument: (0.08, 0.10), f_colour_instrument: (0.10, 0.15),
-            f_replay_sound: (0.10, 0.20)}
+FAMILIES = {f_describe_one: (0.10, 0), f_describe_pair: (0.07, 0.15), f_food: (0.05, 0), f_instrument: (0.04, 0),
+            f_beeps: (0.04, 0), f_same_colour: (0.04, 0), f_food_and_instrument: (0.05, 0.15),
+            f_paint_thing: (0.17, 0.25), f_paint_instrument: (0.07, 0.10), f_colour_instrument: (0.09, 0.15),
+            f_replay_sound: (0.09, 0.20), f_text_request: (0.09, 0), f_negation: (0.06, 0), f_question: (0.04, 0)}
+OUTPUT_FAMILIES = (f_paint_thing, f_paint_instrument, f_colour_instrument, f_replay_sound, f_text_request)
 
 
 def is_held_out(combo: list) -> bool:
     return tuple(combo[1:]) in HELD_OUT[combo[0]]
+
+
+def picker(media_rows: list[dict], split: str, rng: np.random.Generator):
+    """pick(modality, colour=None): a random media item of this split's pool."""
+    pool = [r for r in media_rows if r["split"] == split]
+
+    def pick(modality, colour=None):
+        cands = [r for r in pool if r["modality"] == modality and colour in (None, r["attributes"].get("colour"))]
+        return cands[rng.integers(len(cands))]
+    return pick
+
+
+def record(rid: str, split: str, fam, made: tuple, **extra) -> dict:
+    kind, instruction, items, response, inv, combos, needs = made
+    return {"id": rid, "kind": kind, "instruction": instruction,
+            "media": [{"modality": r["modality"], "path": r["path"]} for r in items],
+            "target": {"response": response, "invocations": [inv] if inv else []},
+            "split": split, "family": fam.__name__[2:], "combos": combos, "needs": needs, **extra}
 
 
 def make_records(media_rows: list[dict], cfg: ToyConfig, seed: int) -> dict[str, list[dict]]:
@@ -367,12 +461,7 @@ def make_records(media_rows: list[dict], cfg: ToyConfig, seed: int) -> dict[str,
     records = {}
     for s, (split, n) in enumerate(zip(SPLITS, cfg.records)):
         rng = np.random.default_rng([seed, 100 + s])
-        pool = [r for r in media_rows if r["split"] == split]
-
-        def pick(modality, colour=None):
-            cands = [r for r in pool if r["modality"] == modality and colour in (None, r["attributes"].get("colour"))]
-            return cands[rng.integers(len(cands))]
-
+        pick = picker(media_rows, split, rng)
         fams = list(FAMILIES)
         weights = np.array([w[split != "train"] for w in FAMILIES.values()])
         out = []
@@ -380,18 +469,41 @@ def make_records(media_rows: list[dict], cfg: ToyConfig, seed: int) -> dict[str,
             fam = fams[rng.choice(len(fams), p=weights / weights.sum())]
             # Resample within the family (not across families), so the family mix follows the weights.
             for _ in range(1000):
-                kind, instruction, items, response, inv, combos = fam(rng, pick)
-                if any(map(is_held_out, combos)) == (split != "train"):
+                made = fam(rng, pick)
+                if any(map(is_held_out, made[5])) == (split != "train"):
                     break
             else:
                 raise ValueError(f"{fam.__name__} made no {split} record in 1000 tries: "
                                  f"{'every' if split == 'train' else 'no'} record holds a HELD_OUT combination")
-            out.append({"id": f"toy-{split}-{len(out):05d}", "kind": kind, "instruction": instruction,
-                        "media": [{"modality": r["modality"], "path": r["path"]} for r in items],
-                        "target": {"response": response, "invocations": [inv] if inv else []},
-                        "split": split, "family": fam.__name__[2:], "combos": combos})
+            out.append(record(f"toy-{split}-{len(out):05d}", split, fam, made))
         records[split] = out
     return records
+
+
+def make_wordings(media_rows: list[dict], seed: int) -> list[dict]:
+    """test_wordings.jsonl: HELD_OUT_WORDS phrasings on test media, WORDING_TESTS records per intent. Any attribute
+    combination may occur: these records test the wording, not the held-out combinations."""
+    rng = np.random.default_rng([seed, 200])
+    pick, out = picker(media_rows, "test", rng), []
+    for intent, n in WORDING_TESTS.items():
+        fams = {"negation": [f_negation], "text-question": [f_question]}.get(intent, OUTPUT_FAMILIES)
+        model = "text-to-" + intent[len("request-"):] if intent.startswith("request-") else None
+        for _ in range(n):
+            while True:  # an output family of the intent's model (every family can make it, or none is asked)
+                fam = fams[rng.integers(len(fams))]
+                made = fam(rng, pick, HELD_OUT_WORDS)
+                if (made[4] or {}).get("model") == model:
+                    break
+            out.append(record(f"toy-wordings-{len(out):05d}", "test", fam, made, wording="held_out", intent=intent))
+    return out
+
+
+def held_out_pieces() -> set[str]:
+    """The literal pieces (2+ words, lower case) of every HELD_OUT_WORDS phrasing; no train/val instruction
+    may contain one."""
+    texts = [t for v in HELD_OUT_WORDS.values() for t in (sum(v.values(), ()) if isinstance(v, dict) else v)]
+    pieces = (p.strip(" ,.;?!").lower() for t in texts for p in re.split(r"\{\w+\}", t))
+    return {p for p in pieces if len(p.split()) >= 2}
 
 
 def require(ok: bool, message: str) -> None:
@@ -401,15 +513,22 @@ def require(ok: bool, message: str) -> None:
 
 
 def check(records: dict[str, list[dict]], media_rows: list[dict]) -> None:
-    """The data set's invariants (also tested): held-out combos only outside train, valid targets."""
-    split_of = {r["path"]: r["split"] for r in media_rows}
+    """The data set's invariants (also tested): held-out combos only outside train, held-out wordings only in
+    "wordings" (test_wordings.jsonl, test media), valid targets and `needs`."""
+    split_of, pieces = {r["path"]: r["split"] for r in media_rows}, held_out_pieces()
     for split, recs in records.items():
         for r in recs:
             held = [c for c in r["combos"] if is_held_out(c)]
-            require(not held if split == "train" else bool(held), f"{r['id']}: held-out combos {held} in {split}")
-            require(all(split_of[m["path"]] == split for m in r["media"]), f"{r['id']} uses another split's media")
-            require(all(i["model"] in MODELS and i["prompt"] for i in r["target"]["invocations"]),
-                    f"{r['id']}: bad invocation {r['target']}")
+            require(split == "wordings" or (not held if split == "train" else bool(held)),
+                    f"{r['id']}: held-out combos {held} in {split}")
+            said = [p for p in pieces if p in r["instruction"].lower()]
+            require(split in ("test", "wordings") or not said, f"{r['id']}: held-out wording {said} in {split}")
+            require(all(split_of[m["path"]] == split.replace("wordings", "test") for m in r["media"]),
+                    f"{r['id']} uses another split's media")
+            invocations = r["target"]["invocations"]
+            require(all(i["model"] in MODELS and i["prompt"] for i in invocations), f"{r['id']}: bad invocation")
+            require(all(i < len(r["media"]) and key in MEDIA[r["media"][i]["modality"]][2] for i, key in r["needs"])
+                    and (invocations or not r["needs"]), f"{r['id']}: bad needs {r['needs']}")
     for m, key in (("image", "colour"), ("video", "colour"), ("audio", "pitch"), ("audio", "waveform"),
                    ("audio", "rhythm")):
         for split in SPLITS:
@@ -422,18 +541,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def build(out_dir: str, seed: int = 0, preset: str = "full") -> dict[str, int]:
-    """Write media files, media.jsonl and {train,val,test}.jsonl under out_dir; returns counts."""
+    """Write media files, media.jsonl, {train,val,test}.jsonl and test_wordings.jsonl under out_dir; returns counts."""
     cfg, out = PRESETS[preset], Path(out_dir)
     if (out / "media.jsonl").exists():  # a previous toy set: clear only what we wrote, so no stale files remain
         for folder, *_ in MEDIA.values():
             shutil.rmtree(out / folder, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     media_rows = make_media(out, cfg, seed)
-    records = make_records(media_rows, cfg, seed)
+    records = make_records(media_rows, cfg, seed) | {"wordings": make_wordings(media_rows, seed)}
     check(records, media_rows)
     write_jsonl(out / "media.jsonl", media_rows)
     for split, recs in records.items():
-        write_jsonl(out / f"{split}.jsonl", recs)
+        write_jsonl(out / f"{split.replace('wordings', 'test_wordings')}.jsonl", recs)
     counts = {f"media_{m}": sum(r["modality"] == m for r in media_rows) for m in MEDIA}
     counts.update({f"{split}_{kind}": sum(r["kind"] == kind for r in recs)
                    for split, recs in records.items() for kind in ("input", "output", "reasoning")})
@@ -449,7 +568,7 @@ def main() -> None:
     args = p.parse_args()
     t0 = time.time()
     counts = build(args.out, args.seed, args.preset)
-    for split in SPLITS:
+    for split in (*SPLITS, "wordings"):
         print(f"{split:5s}: " + ", ".join(f"{k}={counts[f'{split}_{k}']}" for k in ("input", "output", "reasoning")))
     print("media: " + ", ".join(f"{m}={counts[f'media_{m}']}" for m in MEDIA))
     print(f"wrote {args.out} ({args.preset}, seed {args.seed}) in {time.time() - t0:.1f} s")

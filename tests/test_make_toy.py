@@ -1,11 +1,13 @@
-"""Tests for data/make_toy.py: determinism, held-out combinations, readable media, valid targets.
+"""Tests for data/make_toy.py: determinism, held-out combinations and wordings, readable media, valid targets,
+`needs`.
 
-Run: python -m pytest -q tests/test_make_toy.py   (CPU, ~10 s: builds the small preset three times)
+Run: python -m pytest -q tests/test_make_toy.py   (CPU, ~15 s: builds the small preset three times)
 """
 import ast
 import hashlib
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import wave
@@ -34,6 +36,21 @@ def load(folder: Path) -> tuple[dict[str, list[dict]], dict[str, dict]]:
     records = {s: [json.loads(line) for line in (folder / f"{s}.jsonl").open()] for s in SPLITS}
     media = {m["path"]: m for m in map(json.loads, (folder / "media.jsonl").open())}
     return records, media
+
+
+def load_wordings(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "test_wordings.jsonl").open()]
+
+
+def requested_models(instruction: str) -> set[str]:
+    """The output models whose request phrasings (training or held-out) the instruction uses."""
+    frames = {m: make_toy.TRAIN_WORDS[m] + make_toy.HELD_OUT_WORDS[m] for m in MODELS}
+    return {m for m, fs in frames.items()
+            if any(re.search(re.escape(f).replace(re.escape("{x}"), ".+"), instruction) for f in fs)}
+
+
+def has_word(word: str, text: str) -> bool:
+    return re.search(rf"\b{re.escape(word)}\b", text) is not None
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +132,7 @@ def test_every_media_file_exists_and_reads_back(toy):
 
 def test_targets_are_valid_meta_responses(toy):
     records, media = load(toy)
+    records["wordings"] = load_wordings(toy)
     for r in (r for recs in records.values() for r in recs):
         assert set(r) >= {"id", "kind", "instruction", "media", "target"} and r["instruction"].strip()
         target = r["target"]
@@ -123,12 +141,13 @@ def test_targets_are_valid_meta_responses(toy):
         assert len(target["invocations"]) == (r["kind"] == "output"), r["id"]
         for inv in target["invocations"]:
             assert set(inv) == {"model", "prompt"} and inv["model"] in MODELS and inv["prompt"].strip(), r["id"]
-            # the instruction's wording names the output model (paper Sec. 3.2 output-side alignment)
-            assert any(v.lower() in r["instruction"].lower() for v in make_toy.VERBS[inv["model"]]), r["id"]
+        # the instruction's wording names exactly the invoked model (paper Sec. 3.2 output-side alignment);
+        # a refusal ("Don't film anything. Draw a red kite.") does not count as a request
+        assert requested_models(r["instruction"]) == {i["model"] for i in target["invocations"]}, r["id"]
         # answerable: colours and sounds in the target are those of the media (when the instruction asks for them)
         for m in r["media"]:
-            at, text = media[m["path"]]["attributes"], json.dumps(target)
-            if m["modality"] != "audio" and ("colour of this" in r["instruction"] or r["kind"] == "input"):
+            at, text = media[m["path"]]["attributes"], json.dumps(target).lower()
+            if m["modality"] != "audio" and r["kind"] == "input":
                 assert at["colour"] in text, r["id"]
             if m["modality"] == "audio" and r["kind"] == "input":
                 assert media[m["path"]]["caption"] in text, r["id"]
@@ -143,3 +162,96 @@ def test_cli_help_and_no_stage_imports():
     imported |= {n.module.split(".")[0] for n in ast.walk(ast.parse(SCRIPT.read_text()))
                  if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"encode", "lora", "project", "agent", "generate", "train", "evaluate", "bench"}
+
+
+def test_needs_name_what_the_prompt_is_built_from(toy):
+    """Each needed attribute's value word is in the prompt and not in the instruction (so changing it changes the
+    prompt); every attribute word of the prompt is a needed one or said in the instruction."""
+    records, media = load(toy)
+    spoken = {"waveform": make_toy.INSTRUMENT, "rhythm": make_toy.RHYTHMS}  # how a prompt says the value
+    vocabulary = [*make_toy.COLOURS, *make_toy.DIRECTIONS, *make_toy.PITCHES, *make_toy.WAVEFORMS,
+                  *make_toy.RHYTHMS.values(), *make_toy.INSTRUMENT.values()]
+    for r in (r for recs in [*records.values(), load_wordings(toy)] for r in recs):
+        if not r["target"]["invocations"]:
+            assert r["needs"] == [], r["id"]
+            continue
+        inv, instruction = r["target"]["invocations"][0], r["instruction"]
+        needed = []
+        for i, key in r["needs"]:
+            value = media[r["media"][i]["path"]]["attributes"][key]
+            if key == "rhythm" or (key == "waveform" and inv["model"] != "text-to-audio"):
+                value = spoken[key][value]
+            assert has_word(value, inv["prompt"]) and not has_word(value, instruction), (r["id"], key, value)
+            needed.append(value)
+        for word in (w for w in vocabulary if has_word(w, inv["prompt"])):
+            from_words = has_word(word, instruction) or has_word(make_toy.INSTRUMENT.get(word, word), instruction)
+            assert from_words or any(has_word(word, v) for v in needed), (r["id"], word)
+    by_family = {r["family"]: r["needs"] for r in records["train"] if r["target"]["invocations"]}
+    assert by_family["paint_thing"] == [[0, "colour"]] and by_family["paint_instrument"] == [[0, "waveform"]]
+    assert by_family["colour_instrument"] == [[0, "waveform"], [1, "colour"]] and by_family["text_request"] == []
+    replay = {tuple(map(tuple, r["needs"])) for r in records["train"] if r["family"] == "replay_sound"}
+    assert replay == {((0, "pitch"), (0, "waveform")), ((0, "pitch"), (0, "rhythm"))}
+
+
+def test_training_wordings_teach_intent(toy):
+    """Paraphrased and indirect requests, text-only requests, refusals and text-only questions are in train."""
+    records, _ = load(toy)
+    train = records["train"]
+    for model in MODELS:
+        asked = [r for r in train if [i["model"] for i in r["target"]["invocations"]] == [model]]
+        frames = {f for f in make_toy.TRAIN_WORDS[model] for r in asked
+                  if re.search(re.escape(f).replace(re.escape("{x}"), ".+"), r["instruction"])}
+        assert len(frames) >= 7, (model, frames)
+        assert any(not r["media"] for r in asked), model  # text-only requests
+    refusals = [r for r in train if r["family"] == "negation"]
+    assert refusals and all(r["media"] and not r["target"]["invocations"] for r in refusals)
+    assert all(re.search(r"\b(Don't|Do not|don't|instead of)\b", r["instruction"]) for r in refusals)
+    redirects = [r for r in train if r["instruction"].startswith(("Don't", "Do not")) and r["target"]["invocations"]]
+    assert redirects  # "Don't film anything. Draw a red kite." -> text-to-image
+    questions = [r for r in train if r["family"] == "question"]
+    answers = {f"{c.capitalize()}." for c in make_toy.COLOURS} | {
+        f"{make_toy.a(x).capitalize()}." for x in [*make_toy.FOOD.values(), *make_toy.INSTRUMENT.values()]} | {
+        f"{make_toy.a(w).capitalize()} tone." for w in make_toy.WAVEFORMS}
+    assert questions and all(not r["media"] and not r["target"]["invocations"] for r in questions)
+    assert {r["target"]["response"] for r in questions} <= answers
+    facts = [*make_toy.FOOD.items(), *((f"{w} tone", i) for w, i in make_toy.INSTRUMENT.items())]
+    for r in questions:  # "What colour is a banana?" -> "Yellow."; "Which instrument plays a sine tone?" -> "A flute."
+        asked, answer = r["instruction"].lower(), r["target"]["response"].lower()
+        assert any(has_word(x, asked) and has_word(y, answer) or has_word(y, asked) and has_word(x, answer)
+                   for x, y in facts), r["id"]
+    for split in ("val", "test"):  # new families hold no held-out combination: train only
+        assert not {r["family"] for r in records[split]} & {"text_request", "negation", "question"}, split
+
+
+def test_held_out_wordings(toy):
+    records, media = load(toy)
+    wordings = load_wordings(toy)
+    assert 90 <= len(wordings) <= 120 and len({r["id"] for r in wordings}) == len(wordings)
+    intents = {i: sum(r["intent"] == i for r in wordings) for i in make_toy.WORDING_TESTS}
+    assert intents == make_toy.WORDING_TESTS and all(n >= 15 for n in intents.values())
+    for r in wordings:
+        assert r["id"].startswith("toy-wordings-") and r["split"] == "test" and r["wording"] == "held_out"
+        assert all(media[m["path"]]["split"] == "test" for m in r["media"]), r["id"]
+        models = [i["model"] for i in r["target"]["invocations"]]
+        if r["intent"].startswith("request-"):
+            assert models == ["text-to-" + r["intent"].split("-")[1]], r["id"]
+        else:
+            assert models == [] and r["target"]["response"], r["id"]
+            assert bool(r["media"]) == (r["intent"] == "negation"), r["id"]
+    assert any(not r["media"] for r in wordings if r["intent"] == "request-image")  # text-only requests too
+    assert any(r["media"] for r in wordings if r["intent"] == "request-audio")
+    # held out by construction: the two phrase tables share nothing, no train/val instruction holds a piece of a
+    # held-out phrasing, and every wording-test instruction holds one
+    flat = lambda words: {t for v in words.values() for t in (sum(v.values(), ()) if isinstance(v, dict) else v)}
+    assert not flat(make_toy.TRAIN_WORDS) & flat(make_toy.HELD_OUT_WORDS)
+    pieces = make_toy.held_out_pieces()
+    assert {"let me hear", "could you whip up an illustration of", "skip the", "i'd love to see some footage of",
+            "just tell me what it is"} <= pieces
+    for r in records["train"] + records["val"]:
+        assert not [p for p in pieces if p in r["instruction"].lower()], r["id"]
+    assert all(any(p in r["instruction"].lower() for p in pieces) for r in wordings)
+    assert any(r["instruction"].startswith("No ") for r in wordings)
+    # and the generator's own check refuses a train record that uses a held-out phrasing
+    bad = dict(records["train"][0], instruction="Let me hear a high sine tone held steady.")
+    with pytest.raises(ValueError, match="held-out wording"):
+        make_toy.check({"train": [bad]}, list(media.values()))
