@@ -104,7 +104,7 @@ def score_meta_responses(records: list[dict], predictions: dict[str, str], ceili
     groups, ceilings = collections.defaultdict(list), ceilings or {}
     for rec in records:
         s = score_record(rec, predictions.get(rec["id"], "")) | {"ceiling": ceilings.get(rec["id"])}
-        for name in ("all", f"kind={rec['kind']}", combination(rec)):
+        for name in ("all", f"kind={rec['kind']}", combination(rec), *([f"intent={rec['intent']}"] if "intent" in rec else [])):
             groups[name].append(s)
     report = {"n": len(records), "missing": [r["id"] for r in records if r["id"] not in predictions], "groups": {}}
     for name in ["all", *sorted(g for g in groups if g.startswith("kind=")),
