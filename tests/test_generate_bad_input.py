@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import generate
@@ -15,12 +16,18 @@ from generate import Invocation, MetaResponse
 from generate import parse_meta_response as parse
 
 CAT = Invocation("text-to-image", "a photo of a cat")
-TINY_AUDIO = ["--zoo", "tiny", "--device", "cpu", "--audio-seconds", "0.032"]
+TINY = ["--zoo", "tiny", "--device", "cpu"]
 HERE = Path(generate.__file__).parent
 
 
 def files_under(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def blank_zoo(monkeypatch):
+    """The zoo returns an 8 x 8 black image without running a pipeline: these tests are about the files."""
+    monkeypatch.setattr(generate.ModelZoo, "__call__", lambda self, model, prompt, seed: np.zeros((8, 8, 3)))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -74,23 +81,25 @@ def test_lone_surrogate_never_leaves_an_empty_record(tmp_path):
     assert json.loads((tmp_path / "generated.json").read_text(encoding="utf-8")) == {
         "response": "bad ? text", "problems": ["?"], "outputs": []}
     assert files_under(tmp_path) == ["generated.json"]  # no temporary file left behind
-    r = run_cli('{"response": "bad \\ud800 text", "invocations": []}', "--out", str(tmp_path / "o"))
-    assert (r.returncode, r.stderr) == (0, "") and r.stdout == "reply: bad ? text\n"
+    text = '{"response": "bad \\ud800 text", "invocations": []}'
+    r = run_cli(text, "--dry-run")  # printing the reply to a strict UTF-8 stdout crashed
+    assert (r.returncode, r.stderr, r.stdout) == (0, "", "reply: bad ? text\n")
+    generate.main([text, "--out", str(tmp_path / "o"), *TINY])
     assert json.loads((tmp_path / "o" / "generated.json").read_text(encoding="utf-8"))["response"] == "bad ? text"
 
 
-def test_predictions_file_with_bad_lines(tmp_path, capsys):
+def test_predictions_file_with_bad_lines(tmp_path, capsys, blank_zoo):
     """JSON Lines split on \\n only; blank lines skipped; each bad line named by file:line, the rest rendered."""
-    good = lambda rid, prompt: json.dumps({"id": rid, "prediction": f"[AUDIO] Prompt: {prompt} ###"},  # noqa: E731
+    good = lambda rid, prompt: json.dumps({"id": rid, "prediction": f"[IMAGE] Prompt: {prompt} ###"},  # noqa: E731
                                           ensure_ascii=False)
-    lines = [good("a", "a bell"), "", "  \r", '{"prediction": "[AUDIO] Prompt: x ###"}',
+    lines = [good("a", "a bell"), "", "  \r", '{"prediction": "[IMAGE] Prompt: x ###"}',
              '{"id": "n", "prediction": null}', "not json", "[1, 2]", good("u", "rain\u2028on a roof"),
-             good("v", "wind\x85in trees"), '{"id": "s", "prediction": "[AUDIO] Prompt: \\ud800 ###"}',
+             good("v", "wind\x85in trees"), '{"id": "s", "prediction": "[IMAGE] Prompt: \\ud800 ###"}',
              '{"id": [1], "prediction": "x"}']
     preds = tmp_path / "p.jsonl"
     preds.write_bytes("\n".join(lines).encode("utf-8") + b"\n\xff\xfe\n")
     with pytest.raises(SystemExit) as e:
-        generate.main(["--predictions", str(preds), "--out", str(tmp_path / "o"), *TINY_AUDIO])
+        generate.main(["--predictions", str(preds), "--out", str(tmp_path / "o"), *TINY])
     assert str(e.value.code) == f"error: 6 bad lines in {preds} skipped (listed above); the 4 good ones were read"
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(str(preds))]  # not warnings
     assert [line.split(": skipped: ")[0] for line in err] == [f"{preds}:{n}" for n in (4, 5, 6, 7, 11, 12)]
@@ -98,22 +107,22 @@ def test_predictions_file_with_bad_lines(tmp_path, capsys):
     assert err[4].endswith('"id" is not a string or an integer')
     assert err[5].endswith("not UTF-8 JSON ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)")
     prompts = {json.loads((p.parent / "generated.json").read_text(encoding="utf-8"))["outputs"][0]["prompt"]
-               for p in (tmp_path / "o").rglob("*.wav")}
+               for p in (tmp_path / "o").rglob("*.png")}
     assert prompts == {"a bell", "rain\u2028on a roof", "wind\x85in trees", "?"}
 
 
-def test_each_record_gets_its_own_folder_inside_out(tmp_path, capsys):
+def test_each_record_gets_its_own_folder_inside_out(tmp_path, capsys, blank_zoo):
     ids = ["a/b", "a_b", "A_B", "..", ".", "", "a_b", "x" * 300, "\ud800"]
     preds = tmp_path / "p.jsonl"
-    preds.write_text("".join(json.dumps({"id": rid, "prediction": f"[AUDIO] Prompt: p{k} ###"}) + "\n"
+    preds.write_text("".join(json.dumps({"id": rid, "prediction": f"[IMAGE] Prompt: p{k} ###"}) + "\n"
                              for k, rid in enumerate(ids)))
     out = tmp_path / "o"
-    generate.main(["--predictions", str(preds), "--out", str(out), *TINY_AUDIO])
+    generate.main(["--predictions", str(preds), "--out", str(out), *TINY])
     folders = [p for p in out.iterdir()]
     assert all(p.is_dir() for p in folders) and len(folders) == len(ids)  # nothing in the root, one folder each
     assert len({p.name.lower() for p in folders}) == len(ids)  # apart on case-insensitive file systems too
     assert files_under(tmp_path) == sorted(["p.jsonl", *(f"o/{p.name}/{f}" for p in folders
-                                                         for f in ("00-text-to-audio.wav", "generated.json"))])
+                                                         for f in ("00-text-to-image.png", "generated.json"))])
     prompts = sorted(json.loads((p / "generated.json").read_text())["outputs"][0]["prompt"] for p in folders)
     assert prompts == sorted(f"p{k}" for k in range(len(ids)))
     assert (out / "a_b").is_dir() and all(len(p.name) < 100 for p in folders)  # a clean id keeps its name
