@@ -198,10 +198,16 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def _frames(path: str) -> list:
+    """RGB frames (H, W, 3) uint8 of an image or MP4; grayscale, palette and RGBA images are converted as
+    pytorch-fid's loader does (PIL's convert("RGB"): gray replicated, alpha dropped)."""
     import imageio.v3 as iio
+    import numpy as np
+    from PIL import Image
 
-    frames = iio.imread(path, plugin="pyav") if path.endswith(".mp4") else iio.imread(path)[None]
-    return [f[..., :3] for f in frames]  # (H, W, 3) uint8 each
+    if path.endswith(".mp4"):
+        return list(iio.imread(path, plugin="pyav"))  # (F, H, W, 3), decoded as rgb24
+    with Image.open(path) as image:
+        return [np.array(image.convert("RGB"))]
 
 
 def _available_locally(name: str) -> bool:
@@ -232,23 +238,38 @@ def clipsim(outputs: list[dict], clip: str, device: str = "cpu") -> dict:
     return {f"CLIPSIM/{m}": sum(v) / len(v) for m, v in sims.items()}
 
 
-def fid(images: list[str], reference_dir: str, inception: str, device: str = "cpu") -> float:
-    """FID between generated images and the PNG/JPEG files of reference_dir, on Inception-v3 pool features."""
-    import numpy as np
+def _inception(state_dict: dict):
+    """torchvision's Inception-v3 as inception_v3(weights=IMAGENET1K_V1) builds it, from a state dict, with fc
+    removed: its output is the 2048-d pool feature. transform_input=True, which that builder sets and
+    weights=None does not, maps ImageNet-normalised input to the [-1, 1] range Google's weights expect."""
     import torch
     import torchvision
+
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+    net.load_state_dict(state_dict)
+    net.fc = torch.nn.Identity()
+    return net.eval()
+
+
+def fid(images: list[str], reference_dir: str, inception, device: str = "cpu") -> float:
+    """FID between generated images and the PNG/JPEG files of reference_dir, on Inception-v3 pool features.
+    inception: torchvision Inception-v3 weights (.pth), or a module mapping ImageNet-normalised images
+    (N, 3, 299, 299) to features (N, D) (the tests pass a tiny one)."""
+    import numpy as np
+    import torch
     from torchvision import transforms as T
 
-    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
-    net.load_state_dict(torch.load(inception, map_location="cpu", weights_only=True))  # tensors only, no pickle
-    net.fc = torch.nn.Identity()  # -> the 2048-d pool features
-    net.eval().to(device)
+    if not isinstance(inception, torch.nn.Module):
+        inception = _inception(torch.load(inception, map_location="cpu", weights_only=True))  # tensors only, no pickle
+    net = inception.eval().to(device)
     tf = T.Compose([T.ToTensor(), T.Resize((299, 299)), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     real = sorted(os.path.join(reference_dir, f) for f in os.listdir(reference_dir)
                   if f.lower().endswith((".png", ".jpg", ".jpeg")))
+    if len(real) < 2:  # a covariance needs two samples (generation_metrics checks the generated side)
+        raise ValueError(f"FID needs at least 2 PNG/JPEG files in {reference_dir}, found {len(real)}")
     with torch.no_grad():
         a, b = (np.concatenate([net(tf(_frames(p)[0])[None].to(device)).cpu().numpy() for p in paths])
-                for paths in (images, real))  # (N, 2048) each
+                for paths in (images, real))  # (N, D) each
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 

@@ -7,6 +7,8 @@ generate calls diffusers pipelines directly and writes PNG / MP4 / WAV files und
 
 Meta-response formats, first match wins (prose or ```json fences around the JSON are fine):
   JSON    {"response": "Sure!", "invocations": [{"model": "text-to-image", "prompt": "a cat"}]}   (ours)
+          also as a Python literal ({'response': ...}), or bare invocations {"model": ..., "prompt": ...};
+          only the first meta-response object is used, anything like one outside it is a reported problem
   flags   Modality: [IMAGE] Prompt: a photo of a cat ###          (the official code; [TEXT] = reply text)
   tuples  Sure! ("text-to-image", "A photo of a cat")              (the paper's notation)
 
@@ -22,10 +24,15 @@ Model zoo (ZooConfig: each checkpoint is a hub id, a local folder, or "tiny"):
   python generate.py - --text-to-audio /models/audioldm-s-full-v2 < reply.txt      # meta-response from stdin
 """
 import argparse
+import ast
+import contextlib
 import dataclasses
 import gzip
+import hashlib
 import importlib.util
 import json
+import math
+import os
 import re
 import sys
 import time
@@ -56,7 +63,8 @@ class MetaResponse:
 
 
 _FENCE = re.compile(r"```[A-Za-z]*")
-_JSON_START = re.compile(r'\{\s*"')
+_OBJECT_START = re.compile(r"""\{\s*["']""")
+_KEY = re.compile(r"""(["'])(?:response|invocations|model|prompt)\1""")  # a key of ours, in JSON or Python quotes
 _RESPONSE_FIELD = re.compile(r'"response"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _FLAG = r"\[(?:TEXT|IMAGE|AUDIO|VIDEO)\]"
 # "[IMAGE] [AUDIO] Prompt: x ###": flags, then a prompt that ends at ###, at the next flag or at the end
@@ -66,25 +74,47 @@ _TUPLE = re.compile(r"""\(\s*(["'])(text-to-[\w-]*)\1\s*,\s*(?:"((?:[^"\\]|\\.)*
 
 def parse_meta_response(text: str) -> MetaResponse:
     """Read O2 as JSON, flags or tuples (the first that matches); what cannot be used goes to .problems."""
-    text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates (bad bytes in argv) -> "?"
-    clean, problems, error = _FENCE.sub("", text).strip(), [], None
-    for start in [m.start() for m in _JSON_START.finditer(clean)][:20]:  # the outermost object comes first
+    meta = _parse(text)
+    # JSON escapes such as "\ud800" decode to lone surrogates, which no UTF-8 file, terminal or tokenizer takes
+    fix = lambda s: s.encode("utf-8", "replace").decode("utf-8")  # noqa: E731
+    return MetaResponse(fix(meta.response), [Invocation(i.model, fix(i.prompt)) for i in meta.invocations],
+                        [fix(p) for p in meta.problems])
+
+
+def _parse(text: str) -> MetaResponse:
+    """parse_meta_response, before lone surrogates are replaced."""
+    clean, problems, found, error, tries = _FENCE.sub("", text).strip(), [], [], None, 0
+    for m in _OBJECT_START.finditer(clean):  # outermost first; an object of ours is not searched inside
+        if found and m.start() < found[-1][1]:
+            continue
+        if (tries := tries + 1) > 20:
+            break
         try:
-            obj, end = json.JSONDecoder().raw_decode(clean, start)
+            obj, end = _decode(clean, m.start())
         except (ValueError, RecursionError) as e:
             error = error or e
             continue
-        if isinstance(obj, dict) and ("response" in obj or "invocations" in obj):
-            prose = (clean[:start] + " " + clean[end:]).strip()
-            response, items = obj.get("response", prose), obj.get("invocations", [])
-            if not isinstance(response, str):
-                problems.append('"response" is not a string; using the text around the JSON')
-                response = prose
-            if not isinstance(items, list):
-                problems.append(f'"invocations" must be a list, got {type(items).__name__}')
-                items = []
-            return MetaResponse(response.strip(), _validate(items, problems), problems)
-    if error is not None and ('"response"' in clean or '"invocations"' in clean):
+        if isinstance(obj, dict) and obj.keys() & {"response", "invocations", "model", "prompt"}:
+            found.append((m.start(), end, obj))
+    metas = [f for f in found if f[2].keys() & {"response", "invocations"}]
+    # The first meta-response, else bare invocations {"model", "prompt"}, but only when nothing failed to parse:
+    # the invocations inside a truncated meta-response parse on their own and must not run.
+    if metas or (found and error is None):
+        used = metas[:1] or found
+        prose = _outside(clean, [f[:2] for f in used])
+        if stray := next((k for k in _KEY.finditer(clean) if not any(a <= k.start() < b for a, b, _ in used)), None):
+            problems.append(f"{stray[0]} at character {stray.start()} lies outside the object read "
+                            "(a second or broken meta-response?); it was ignored")
+        obj = used[0][2] if metas else {"invocations": [f[2] for f in found]}
+        response, items = obj.get("response", prose), obj.get("invocations", [])
+        if not isinstance(response, str):
+            problems.append('"response" is not a string; using the text around the JSON')
+            response = prose
+        if not isinstance(items, list):
+            problems.append(f'"invocations" must be a list, got {type(items).__name__}')
+            items = []
+        return MetaResponse(response.strip(), _validate(items, problems), problems)
+    if error is not None and _KEY.search(clean):
         return _broken_json(clean, error)
     if segments := list(_FLAG_SEGMENT.finditer(text)):  # official format: [TEXT] segments are reply text,
         items, replies = [], []  # the other flags share the prompt that follows them
@@ -94,11 +124,11 @@ def parse_meta_response(text: str) -> MetaResponse:
                     replies.append(m[2].strip())
                 else:
                     items.append({"model": FLAGS[flag], "prompt": m[2].strip()})
-        response = " ".join(r for r in [_outside(text, segments), *replies] if r)
+        response = " ".join(r for r in [_outside(text, [m.span() for m in segments]), *replies] if r)
     elif tuples := list(_TUPLE.finditer(text)):  # the paper's ("text-to-image", "a cat"); \" and \' unescaped
         items = [{"model": m[2], "prompt": re.sub(r"\\(.)", r"\1", m[3] if m[3] is not None else m[4], flags=re.S)}
                  for m in tuples]
-        response = _outside(text, tuples)
+        response = _outside(text, [m.span() for m in tuples])
     else:
         return MetaResponse(text.strip())
     return MetaResponse(response, _validate(items, problems), problems)
@@ -119,9 +149,26 @@ def _broken_json(clean: str, e: Exception) -> MetaResponse:
     return MetaResponse(response.strip(), [], [f"{what}; no invocations run, using the text reply"])
 
 
-def _outside(text: str, matches: list) -> str:
-    """The prose around the matched invocations, joined by single spaces."""
-    cuts = [0, *[i for m in matches for i in m.span()], len(text)]
+def _decode(text: str, start: int) -> tuple[object, int]:
+    """(object, end) of the JSON object at text[start], or else of a Python literal {'response': ...}."""
+    try:
+        return json.JSONDecoder().raw_decode(text, start)
+    except ValueError as e:
+        if not _OBJECT_START.match(text, start)[0].endswith("'"):
+            raise
+        error = e
+    end = start
+    for _ in range(50):  # the shortest text up to a "}" that is a literal; ast never runs code
+        if not (end := text.find("}", end) + 1):
+            break
+        with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return ast.literal_eval(text[start:end]), end
+    raise error
+
+
+def _outside(text: str, spans: list[tuple[int, int]]) -> str:
+    """The prose around the spans (start, end) of what was read, joined by single spaces."""
+    cuts = [0, *[i for span in spans for i in span], len(text)]
     return " ".join(p.strip() for p in (text[a:b] for a, b in zip(cuts[::2], cuts[1::2])) if p.strip())
 
 
@@ -168,17 +215,27 @@ class ZooConfig:
     dtype: str = _opt("auto", "auto = float16 on GPU (official code), float32 on CPU",
                       choices=["auto", "float32", "float16", "bfloat16"])
     seed: int = _opt(0, "invocation i uses seed + i")
-    image_steps: int = _opt(50, "denoising steps (StableDiffusionPipeline's default)")
+    image_steps: int = _opt(50, "denoising steps (StableDiffusionPipeline's default)", positive=True)
     image_guidance: float = _opt(7.5, "classifier-free guidance scale")
-    image_size: int = _opt(512, "height = width in pixels (multiple of 8)")
-    video_steps: int = _opt(25, "denoising steps (official code)")
+    image_size: int = _opt(512, "height = width in pixels (multiple of 8)", positive=True, multiple=8)
+    video_steps: int = _opt(25, "denoising steps (official code)", positive=True)
     video_guidance: float = _opt(9.0, "classifier-free guidance scale")
-    video_size: int = _opt(256, "height = width in pixels (multiple of 8)")
-    video_frames: int = _opt(16, "frames per video")
-    video_fps: int = _opt(8, "frames per second of the MP4")
-    audio_steps: int = _opt(10, "denoising steps (official code)")
+    video_size: int = _opt(256, "height = width in pixels (multiple of 8)", positive=True, multiple=8)
+    video_frames: int = _opt(16, "frames per video", positive=True)
+    video_fps: int = _opt(8, "frames per second of the MP4", positive=True)
+    audio_steps: int = _opt(10, "denoising steps (official code)", positive=True)
     audio_guidance: float = _opt(2.5, "classifier-free guidance scale")
-    audio_seconds: float = _opt(5.0, "audio length in seconds (official code)")
+    audio_seconds: float = _opt(5.0, "audio length in seconds (official code)", positive=True)
+
+    def __post_init__(self):
+        """Refuse, not repair, values a pipeline would misuse: --image-steps -1 used to write a PNG anyway."""
+        for f in dataclasses.fields(self):
+            v, k = getattr(self, f.name), f.metadata.get("multiple")
+            must = ("finite" if isinstance(v, float) and not math.isfinite(v) else
+                    "> 0" if f.metadata.get("positive") and not v > 0 else
+                    f"a multiple of {k}" if k and v % k else None)
+            if must:
+                raise ValueError(f"--{f.name.replace('_', '-')} {v}: must be {must} (paper: {f.default})")
 
 
 PRESETS = {
@@ -317,6 +374,17 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.nan_to_num(x), 0, 1) * 255).round().astype(np.uint8)
 
 
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """A temporary name to write to that becomes `path` only once written whole: a crash leaves no partial file."""
+    tmp = path.with_name(f".tmp-{path.name}")  # same folder (one file system), same suffix (the file format)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _write(path: Path, model: str, output: np.ndarray, zoo: ModelZoo) -> dict:
     """Save one output in a format people open; return what a reader needs to check it."""
     if model == "text-to-image":
@@ -353,13 +421,69 @@ def generate(meta: MetaResponse | str, out_dir: str, zoo: ModelZoo) -> list[dict
             raise ValueError(f"unknown model {inv.model!r} (known: {', '.join(MODELS)})")
         # The name is ours (index + a model name from MODELS): no text from the LLM chooses where a file goes.
         path, seed, t0 = out / f"{i:02d}-{inv.model}.{MODELS[inv.model]}", zoo.cfg.seed + i, time.perf_counter()
-        info = _write(path, inv.model, zoo(inv.model, inv.prompt, seed), zoo)
+        with _atomic(path) as tmp:
+            info = _write(tmp, inv.model, zoo(inv.model, inv.prompt, seed), zoo)
         written.append({"file": path.name, "model": inv.model, "prompt": inv.prompt,
                         "checkpoint": zoo.checkpoint(inv.model), "seed": seed, **zoo.settings(inv.model), **info,
                         "seconds": round(time.perf_counter() - t0, 3)})
     record = {"response": meta.response, "problems": meta.problems, "outputs": written}
-    (out / "generated.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with _atomic(out / "generated.json") as tmp:  # "replace": a lone surrogate of a hand-built MetaResponse -> "?"
+        tmp.write_bytes((json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "replace"))
     return written
+
+
+def read_predictions(path: str) -> tuple[list[tuple[str, str]], int]:
+    """(id, prediction) of each good line of a JSON Lines file; each bad line is named on stderr and counted."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        sys.exit(f"error: cannot read --predictions {path}: {e.strerror or e}; "
+                 "pass the JSON Lines file that evaluate.py --save_predictions writes")
+    rows, bad = [], 0
+    for n, line in enumerate(data.split(b"\n"), 1):  # JSON Lines ends a line at \n only, not at U+2028 or U+0085
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            why = ('not an object {"id": ..., "prediction": ...}' if not isinstance(rec, dict)
+                   else 'no "id"' if "id" not in rec
+                   else '"id" is not a string or an integer' if not isinstance(rec["id"], (str, int))
+                   else '"prediction" is not a string' if not isinstance(rec.get("prediction"), str) else None)
+        except ValueError as e:  # UnicodeDecodeError is one
+            why = f"not UTF-8 JSON ({e})"
+        if why:
+            print(f"{path}:{n}: skipped: {why}", file=sys.stderr)
+            bad += 1
+        else:
+            rows.append((str(rec["id"]), rec["prediction"]))
+    return rows, bad
+
+
+def record_folder(rid: str, taken: set[str]) -> str:
+    """A folder name of its own for record id `rid`, made of [A-Za-z0-9_.-] and never '', '.', '..' or hidden.
+    An id that had to change, or that clashes with a name in `taken` (compared in lower case, as macOS and
+    Windows do), gets a short hash of the exact id, so 'a/b' and 'a_b' never share a folder."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", rid).lstrip(".")[:64] or "_"
+    if name != rid or name.lower() in taken:
+        name += "-" + hashlib.sha256(rid.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    while name.lower() in taken:  # the same id twice, or an id crafted to look hashed
+        name += "_"
+    taken.add(name.lower())
+    return name
+
+
+def render_predictions(path: str, out: str, zoo: ModelZoo, limit: int) -> None:
+    """Each record of a predictions file that invokes a model -> OUT/<folder of its id>/; bad lines are skipped."""
+    rows, bad = read_predictions(path)
+    done, taken = 0, set()
+    for rid, text in rows:
+        meta = parse_meta_response(text)
+        if meta.invocations and (not limit or done < limit):
+            folder = Path(out) / record_folder(rid, taken)
+            written, done = generate(meta, folder, zoo), done + 1
+            print(f"{rid!r}: " + ", ".join(f"{folder / w['file']} ({w['prompt']!r})" for w in written))
+    if bad:
+        sys.exit(f"error: {bad} bad lines in {path} skipped (listed above); the {len(rows)} good ones were read")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -367,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("meta", nargs="?", help="the LLM's meta-response text, or - to read it from stdin")
     p.add_argument("--predictions", metavar="JSONL",
                    help='instead of META: lines {"id", "prediction"} (evaluate.py --save_predictions); '
-                        "each record's files go to OUT/<id>/")
+                        "each record's files go to OUT/<id>/ (a hash is added if <id> had to be made safe)")
     p.add_argument("--limit", type=int, default=0, help="with --predictions: the first N that invoke a model")
     p.add_argument("--out", default="outputs", help="folder for the generated files and generated.json")
     p.add_argument("--zoo", choices=sorted(PRESETS), default="paper",
@@ -378,35 +502,31 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                        help=f"{f.metadata['help']} (paper: {f.default})", choices=f.metadata.get("choices"))
     args = p.parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None}
-    cfg = dataclasses.replace(PRESETS[args.zoo], **overrides)
-
     if (args.meta is None) == (args.predictions is None):
         p.error("give a meta-response text (or -) or --predictions FILE")
-    if args.predictions:
-        zoo, done = ModelZoo(cfg), 0
-        for line in Path(args.predictions).read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            meta = parse_meta_response(rec["prediction"])
-            if meta.invocations and (not args.limit or done < args.limit):
-                folder = Path(args.out) / re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec["id"])).lstrip(".")
-                written, done = generate(meta, folder, zoo), done + 1
-                print(f"{rec['id']}: " + ", ".join(f"{folder / w['file']} ({w['prompt']!r})" for w in written))
-        return
-    meta = parse_meta_response(sys.stdin.read() if args.meta == "-" else args.meta)
-    print(f"reply: {meta.response}")
-    for problem in meta.problems:
-        print(f"problem: {problem}")
-    for inv in meta.invocations:
-        print(f"invocation: {inv.model}: {inv.prompt}")
-    if args.dry_run:
-        return
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None}
     try:
-        written = generate(meta, args.out, ModelZoo(cfg))
+        cfg = dataclasses.replace(PRESETS[args.zoo], **overrides)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if args.limit < 0:
+        sys.exit(f"error: --limit {args.limit}: must be >= 0 (0 = every record)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        sys.exit(f"error: --out {args.out} is a file; pass a folder (created if missing)")
+    try:
+        if args.predictions:
+            render_predictions(args.predictions, args.out, ModelZoo(cfg), args.limit)
+            return
+        meta = parse_meta_response(sys.stdin.read() if args.meta == "-" else args.meta)
+        print(f"reply: {meta.response}")
+        for problem in meta.problems:
+            print(f"problem: {problem}")
+        for inv in meta.invocations:
+            print(f"invocation: {inv.model}: {inv.prompt}")
+        for w in [] if args.dry_run else generate(meta, args.out, ModelZoo(cfg)):
+            print(f"wrote {Path(args.out) / w['file']} ({w['model']}, {w['seconds']:.1f} s)")
     except OSError as e:  # weights that cannot be loaded, an output folder we cannot write
         sys.exit(f"error: {e}")
-    for w in written:
-        print(f"wrote {Path(args.out) / w['file']} ({w['model']}, {w['seconds']:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -202,3 +202,65 @@ def test_predict_feeds_each_records_media_in_order(tmp_path):
     audio = encode.encode_files([tmp_path / "beep.wav"], "audio", "tiny", cache_dir=cache, progress=False)[0]
     assert preds["p1"] == reloaded.respond("instruction p1", [], max_new_tokens=6)
     assert preds["p2"] == reloaded.respond("instruction p2", [("image", image), ("audio", audio)], max_new_tokens=6)
+
+
+# ----------------------------------------------------------------------------- FID inputs (issue 12)
+def _save_images(folder, images: dict):
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for name, (mode, array) in images.items():
+        Image.fromarray(array).convert(mode).save(folder / name)
+    return [str(folder / n) for n in images]
+
+
+def test_frames_convert_grayscale_palette_and_rgba_to_rgb(tmp_path):
+    """Reference folders hold grayscale, palette and RGBA files: each becomes (H, W, 3) like pytorch-fid's loader."""
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    gray = rgb[..., 0]
+    paths = dict(zip(["gray.png", "la.png", "p.png", "rgba.png", "gray.jpg"],
+                     _save_images(tmp_path, {"gray.png": ("L", gray), "la.png": ("LA", gray), "p.png": ("P", rgb),
+                                             "rgba.png": ("RGBA", rgb), "gray.jpg": ("L", gray)})))
+    for name, path in paths.items():
+        (frame,) = evaluate._frames(path)
+        assert (frame.shape, frame.dtype) == ((20, 30, 3), np.uint8), name
+    for name in ("gray.png", "la.png"):  # gray replicated into R = G = B, exactly
+        np.testing.assert_array_equal(evaluate._frames(paths[name])[0], np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(evaluate._frames(paths["rgba.png"])[0], rgb)  # alpha dropped, colour kept
+
+
+def test_fid_runs_on_grayscale_and_rgba_references(tmp_path):
+    """fid() end to end with a tiny stand-in for Inception ((N, 3, 299, 299) -> (N, 3) channel means): a set
+    against itself is 0, and a grayscale / RGBA reference scores as its RGB equivalent does."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (76, 80, 3), dtype=np.uint8) for _ in range(5)]
+    generated = _save_images(tmp_path / "gen", {f"{i}.png": ("RGB", a) for i, a in enumerate(arrays)})
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    assert evaluate.fid(generated, str(tmp_path / "gen"), net) == pytest.approx(0, abs=1e-8)
+    others = [rng.integers(0, 256, (90, 75, 3), dtype=np.uint8) for _ in range(4)]
+    gray = np.repeat(others[0][..., :1], 3, -1)  # the RGB equivalent of a grayscale file
+    _save_images(tmp_path / "ref", {"a.png": ("L", gray), "b.png": ("RGBA", others[1]), "c.jpg": ("RGB", others[2]),
+                                    "d.png": ("RGB", others[3])})
+    _save_images(tmp_path / "ref_rgb", {"a.png": ("RGB", gray), "b.png": ("RGB", others[1]),
+                                        "c.jpg": ("RGB", others[2]), "d.png": ("RGB", others[3])})
+    score = evaluate.fid(generated, str(tmp_path / "ref"), net)
+    assert math.isfinite(score) and score > 0
+    assert score == pytest.approx(evaluate.fid(generated, str(tmp_path / "ref_rgb"), net), rel=1e-6)
+
+
+def test_inception_is_built_as_torchvision_builds_it_for_its_weights(monkeypatch):
+    """The FID network (weights=None, then a state dict) applies the input transform that
+    inception_v3(weights=IMAGENET1K_V1) applies (transform_input: ImageNet normalisation -> Google's [-1, 1])."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    state = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: state)  # no download
+    reference = torchvision.models.inception_v3(weights="IMAGENET1K_V1").eval()
+    reference.fc = torch.nn.Identity()
+    x = torch.rand(1, 3, 75, 75)  # Inception's smallest input: the transform, not the resolution, is under test
+    with torch.no_grad():
+        torch.testing.assert_close(evaluate._inception(state)(x), reference(x), rtol=1e-4, atol=0)

@@ -269,8 +269,10 @@ def test_cli_renders_a_predictions_file(tmp_path, capsys):
     out = tmp_path / "o"
     generate.main(["--predictions", str(preds), "--limit", "1", "--out", str(out), "--zoo", "tiny",
                    "--device", "cpu", "--audio-seconds", "0.032"])
+    folder = generate.record_folder("../t-1", set())
+    assert folder.startswith("_t-1-")  # sanitised, plus a hash of the exact id because sanitising changed it
     assert sorted(p.relative_to(tmp_path).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "o/_t-1/00-text-to-audio.wav", "o/_t-1/generated.json"]
-    assert read_record(out / "_t-1")["outputs"][0]["prompt"] == "a bell"
+        f"o/{folder}/00-text-to-audio.wav", f"o/{folder}/generated.json"]
+    assert read_record(out / folder)["outputs"][0]["prompt"] == "a bell"
     with pytest.raises(SystemExit):
         generate.main(["some text", "--predictions", str(preds)])
