@@ -20,11 +20,12 @@ encoder never returns a stale embedding. Each .npy is written to a temp file and
   python encode.py --encoder huge --device cuda data/train.jsonl            # on a GPU
 """
 import argparse
+import contextlib
 import ctypes
 import functools
-import gc
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 import torchvision
 from tqdm import tqdm
@@ -48,8 +50,9 @@ with warnings.catch_warnings():  # imagebind imports the deprecated pkg_resource
 from pytorchvideo.data.encoded_video import EncodedVideo  # noqa: E402
 
 MODALITIES = ("image", "video", "audio")
-IB_KEY = {"image": "vision", "video": "vision", "audio": "audio", "text": "text"}  # ImageBind's names
-PREPROCESS_VERSION = "1"  # bump when preprocessing changes, so old cache entries are not reused
+IB_KEY = {"image": "vision", "video": "vision", "audio": "audio"}  # ImageBind's names
+PREPROCESS_VERSION = "2"  # bump when preprocessing changes, so old cache entries are not reused
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # imagebind.data's
 
 
 @dataclass(frozen=True)
@@ -75,27 +78,17 @@ def embed_dim(encoder: str) -> int:
 # ---------------------------------------------------------------- compatibility fixes for this stack
 def _load_audio(path):
     """torchaudio.load needs TorchCodec/FFmpeg in torchaudio 2.9+; soundfile reads WAV/FLAC/OGG without it."""
-    import soundfile as sf
-
     wav, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
     if wav.shape[0] == 0:
         raise ValueError("audio file holds no samples")
-    return torch.from_numpy(wav.T.copy()), sr  # (C, N), as torchaudio.load returns
-
-
-class _EncodedVideo:
-    """imagebind passes sample_rate= to EncodedVideo.from_path, which pytorchvideo 0.1.5 rejects."""
-
-    @staticmethod
-    def from_path(path, decoder="decord", decode_audio=False, **_unused):
-        return EncodedVideo.from_path(path, decoder=decoder, decode_audio=decode_audio)
+    # The package's kaldi fbank asserts on audio shorter than one 25 ms window: pad it with silence.
+    pad = max(0, math.ceil(0.025 * sr) - wav.shape[0])
+    return torch.nn.functional.pad(torch.from_numpy(wav.T.copy()), (0, pad)), sr  # (C, N), as torchaudio.load
 
 
 # Scoped to imagebind.data only: the rest of the process keeps the real torchaudio.
-ib_data.torchaudio = types.SimpleNamespace(
-    load=_load_audio, functional=ib_data.torchaudio.functional, compliance=ib_data.torchaudio.compliance
-)
-ib_data.EncodedVideo = _EncodedVideo
+ib_data.torchaudio = types.SimpleNamespace(load=_load_audio, functional=ib_data.torchaudio.functional,
+                                           compliance=ib_data.torchaudio.compliance)
 
 
 def preprocess(path, modality: str) -> torch.Tensor:
@@ -110,24 +103,32 @@ def preprocess(path, modality: str) -> torch.Tensor:
     # Media of at most 2 s give identical temporal clips in the package (all start at 0 s); one clip
     # gives the same embedding (the model averages over clips) 3x (audio) or 5x (video) faster.
     if modality == "audio":
-        import soundfile as sf
-
         _check_wav_complete(path)
         clips = 1 if sf.info(path).duration <= 2.0 else 3
         return ib_data.load_and_transform_audio_data([path], "cpu", clips_per_video=clips)[0]  # (clips, 1, 128, 204)
     if modality == "video":
-        clips = 1 if float(_EncodedVideo.from_path(path).duration) <= 2.0 else 5
-        try:
-            return ib_data.load_and_transform_video_data([path], "cpu", clips_per_video=clips)[0]  # (3*clips, 3, 2, 224, 224)
-        finally:
-            _release_memory()
+        x = _video_clips(path)
+        _release_memory()  # once the decoder is gone (_video_clips returned), not while it holds its frames
+        return x
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+
+
+def _video_clips(path) -> torch.Tensor:
+    """imagebind.data.load_and_transform_video_data for one file, from the package's own transforms. Calling
+    the package would open the file again after we opened it to read the duration that picks the clips."""
+    video = EncodedVideo.from_path(path, decoder="decord", decode_audio=False)
+    sampler = ib_data.ConstantClipsPerVideoSampler(clip_duration=2, clips_per_video=1 if video.duration <= 2 else 5)
+    frames = ib_data.pv_transforms.UniformTemporalSubsample(num_samples=2)  # the package's 2 frames per 2 s clip
+    scale = torchvision.transforms.Compose([ib_data.pv_transforms.ShortSideScale(224),
+                                            ib_data.NormalizeVideo(mean=CLIP_MEAN, std=CLIP_STD)])
+    clips = [scale(frames(video.get_clip(start, end)["video"]) / 255.0)  # (3, 2, 224, W)
+             for start, end in ib_data.get_clip_timepoints(sampler, video.duration)]
+    return torch.stack(ib_data.SpatialCrop(224, num_crops=3)(clips))  # (3 * clips, 3, 2, 224, 224)
 
 
 def _check_wav_complete(path):
     """libsndfile reads a truncated WAV without complaint (as a shorter clip): compare with the header."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = Path(path).read_bytes()
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return  # not a WAV; soundfile decides whether it can read it
     i = 12
@@ -140,11 +141,8 @@ def _check_wav_complete(path):
 
 def _release_memory():
     """Video decoding frees large buffers that glibc keeps; without this RSS grows by GBs over a data set."""
-    gc.collect()
-    try:
+    with contextlib.suppress(OSError):  # not glibc (macOS, musl); no gc.collect(): ~200 ms a video, freed nothing
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc (macOS, musl)
-        pass
 
 
 # ---------------------------------------------------------------- the encoder
@@ -191,11 +189,8 @@ class EncodeError(RuntimeError):
 
 
 def _file_sha256(path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def cache_path(path, modality: str, encoder: str = "tiny", cache_dir=".cache/features", checkpoint=None) -> Path:
@@ -220,11 +215,11 @@ def encode_files(paths, modality: str, encoder: str = "tiny", cache_dir=".cache/
                  progress: bool = True) -> np.ndarray:
     """Embeddings (N, D) float32 for `paths`, from the cache or freshly encoded (and cached).
 
-    Files that fail (missing, empty, unreadable, not the named modality) are reported all together in
-    an EncodeError raised after every good file has been encoded and cached.
+    Files that fail (missing, empty, unreadable, not the named modality, non-finite) are reported all
+    together in an EncodeError raised after every good file has been encoded and cached.
     """
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    if modality not in MODALITIES or batch_size < 1:
+        raise ValueError(f"modality {modality!r} (one of {MODALITIES}), batch_size {batch_size} (at least 1)")
     paths = [str(p) for p in paths]
     failures, targets, todo = {}, {}, []
     for p in dict.fromkeys(paths):  # each distinct file once
@@ -235,36 +230,32 @@ def encode_files(paths, modality: str, encoder: str = "tiny", cache_dir=".cache/
             continue
         if not targets[p].exists():
             todo.append(p)
-    if todo:
-        model = load_encoder(encoder, checkpoint, device)
-        bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="file", disable=not progress)
-        for i in range(0, len(todo), batch_size):
-            batch, inputs = [], []
-            for p in todo[i:i + batch_size]:
-                try:
-                    inputs.append(preprocess(p, modality))
-                    batch.append(p)
-                except Exception as e:  # noqa: BLE001 -- any decoder error means "this file is bad"
-                    failures[p] = f"not a readable {modality} file: {e}" if isinstance(e, ValueError) else \
-                        f"not a readable {modality} file ({type(e).__name__}: {e})"
-                bar.update(1)
-            if batch:
-                x = torch.stack(inputs).to(device)  # image (B,3,224,224); audio/video (B, clips, ...)
-                emb = model({IB_KEY[modality]: x})[IB_KEY[modality]].float().cpu().numpy()  # (B, D)
-                for p, e in zip(batch, emb):
+    bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="file", disable=not progress or not todo)
+    for i in range(0, len(todo), batch_size):
+        by_shape = {}  # {input shape: {path: input}}: longer audio and video have more clips
+        for p in todo[i:i + batch_size]:
+            bar.update(1)
+            try:
+                x = preprocess(p, modality)
+                by_shape.setdefault(x.shape, {})[p] = x
+            except Exception as e:  # noqa: BLE001 -- any decoder error means "this file is bad"
+                failures[p] = f"not a readable {modality} file: {e}" if isinstance(e, ValueError) else \
+                    f"not a readable {modality} file ({type(e).__name__}: {e})"
+        for group in by_shape.values():
+            model = load_encoder(encoder, checkpoint, device)  # built on first use only (lru_cache)
+            x = torch.stack(list(group.values())).to(device)  # image (B,3,224,224); audio/video (B, clips, ...)
+            emb = model({IB_KEY[modality]: x})[IB_KEY[modality]].float()  # (B, D)
+            # a NaN input can come out finite but meaningless; items never mix, so the others stay good
+            finite = x.flatten(1).isfinite().all(1) & emb.isfinite().all(1)  # (B,)
+            for p, e, ok in zip(group, emb.cpu().numpy(), finite.tolist()):
+                if ok:
                     _save_atomic(targets[p], e)
-        bar.close()
+                else:
+                    failures[p] = "non-finite feature (NaN/Inf in the input or the model output)"
+    bar.close()
     if failures:
         raise EncodeError(failures)
-    return np.stack([np.load(targets[p]) for p in paths]).astype(np.float32) if paths else \
-        np.zeros((0, embed_dim(encoder)), np.float32)
-
-
-@torch.inference_mode()
-def encode_texts(texts, encoder: str = "tiny", checkpoint=None, device="cpu") -> np.ndarray:
-    """ImageBind's text embeddings (N, D), with the package's own CLIP tokenizer. Not cached."""
-    tokens = ib_data.load_and_transform_text(list(texts), device)
-    return load_encoder(encoder, checkpoint, device)({"text": tokens})["text"].float().cpu().numpy()
+    return np.array([np.load(targets[p]) for p in paths], np.float32).reshape(len(paths), embed_dim(encoder))
 
 
 # ---------------------------------------------------------------- data files and the probe
@@ -343,6 +334,15 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--probe", metavar="MEDIA_JSONL", help="report a linear probe per attribute of a media listing")
     args = ap.parse_args(argv)
+    if args.batch_size < 1:
+        raise SystemExit(f"encode.py: --batch-size must be at least 1 (got {args.batch_size})")
+    missing = [p for p in args.inputs + ([args.probe] if args.probe else []) if not os.path.isfile(p)]
+    if missing:
+        raise SystemExit(f"encode.py: no such file: {', '.join(missing)}; check the path")
+    try:
+        Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"encode.py: --cache-dir {args.cache_dir}: not a folder ({e.strerror}); give a folder path")
     kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.checkpoint,
               batch_size=args.batch_size, device=args.device)
     if args.probe:

@@ -1,6 +1,5 @@
 """encode.py: parity with the imagebind package, the .npy cache, and bad input."""
 import json
-import os
 import subprocess
 import sys
 import wave
@@ -30,15 +29,15 @@ def write_wav(path, freq, seconds=2.0, sr=16000):
     sf.write(path, (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, subtype="PCM_16")
 
 
-def write_mp4(path, rgb, frames=16, fps=8):
+def write_mp4(path, rgb, frames=16, fps=8, width=224):
     import av
 
     with av.open(str(path), "w") as c:
         s = c.add_stream("mpeg4", rate=fps)
-        s.width = s.height = 224
+        s.width, s.height = width, 224
         s.pix_fmt = "yuv420p"
         for i in range(frames):
-            a = np.full((224, 224, 3), 255, np.uint8)
+            a = np.full((224, width, 3), 255, np.uint8)
             a[80:144, 8 * i:8 * i + 64] = rgb
             for pkt in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
                 c.mux(pkt)
@@ -55,6 +54,7 @@ def media(tmp_path_factory):
     write_wav(d / "long.wav", 660, seconds=3.0)
     write_mp4(d / "green.mp4", (20, 200, 20))
     write_mp4(d / "long.mp4", (200, 200, 20), frames=24)  # 3 s: the package's 5 temporal clips differ
+    write_mp4(d / "wide.mp4", (20, 20, 200), frames=24, width=320)  # and its 3 spatial crops differ
     return d
 
 
@@ -73,11 +73,17 @@ def test_audio_reader_matches_wave_module(media):
     ("long.wav", "audio", "load_and_transform_audio_data"),
     ("green.mp4", "video", "load_and_transform_video_data"),
     ("long.mp4", "video", "load_and_transform_video_data"),
+    ("wide.mp4", "video", "load_and_transform_video_data"),
 ])
-def test_tiny_encoder_equals_package_preprocessing_and_model(media, tmp_path, name, modality, package_loader):
+def test_tiny_encoder_equals_package_preprocessing_and_model(media, tmp_path, monkeypatch, name, modality,
+                                                             package_loader):
     """encode_files == the imagebind package's own loader (default clips) + ImageBindModel."""
     ours = encode.encode_files([media / name], modality, "tiny", cache_dir=tmp_path, progress=False)[0]
     model = encode.load_encoder("tiny")
+    # the package passes sample_rate= to EncodedVideo.from_path, which pytorchvideo 0.1.5 rejects
+    from_path = encode.EncodedVideo.from_path
+    monkeypatch.setattr(encode.ib_data, "EncodedVideo", type("EncodedVideo", (), {"from_path": staticmethod(
+        lambda path, decoder, decode_audio, **_: from_path(path, decoder=decoder, decode_audio=decode_audio))}))
     with torch.inference_mode():
         x = getattr(encode.ib_data, package_loader)([str(media / name)], "cpu")
         ref = model({encode.IB_KEY[modality]: x})[encode.IB_KEY[modality]][0].numpy()
@@ -116,6 +122,45 @@ def test_cache_hit_miss_and_invalidation(media, tmp_path, monkeypatch):
     encode.load_encoder.cache_clear()
     assert not np.allclose(other, changed)
     assert len(list((tmp_path / "c").rglob("*.npy"))) == 3
+
+
+def test_each_video_is_opened_once(media, tmp_path, monkeypatch):
+    """Its duration picks 1 or 5 clips: read it from the same opening that gives the frames."""
+    opened = []
+    real = encode.EncodedVideo
+
+    class Counting:
+        @staticmethod
+        def from_path(path, **kw):
+            opened.append(path)
+            return real.from_path(path, **kw)
+
+    monkeypatch.setattr(encode, "EncodedVideo", Counting)
+    for name in ["green.mp4", "long.mp4"]:  # 1 clip and 5 clips
+        encode.encode_files([media / name], "video", "tiny", cache_dir=tmp_path, progress=False)
+    assert sorted(opened) == sorted([str(media / "green.mp4"), str(media / "long.mp4")])
+
+
+def test_second_pass_loads_no_encoder_and_decodes_nothing(media, tmp_path, monkeypatch):
+    rec = {"media": [{"modality": m, "path": n} for m, n in [("image", "red.png"), ("audio", "low.wav"),
+                                                              ("video", "green.mp4")]]}
+    (media / "all.jsonl").write_text(json.dumps(rec) + "\n")
+    argv = [str(media / "all.jsonl"), "--encoder", "tiny", "--cache-dir", str(tmp_path)]
+    assert encode.main(argv) == 0
+
+    def boom(*a, **k):
+        raise AssertionError("a second pass over cached files must not load the encoder or decode media")
+
+    monkeypatch.setattr(encode, "load_encoder", boom)
+    monkeypatch.setattr(encode, "preprocess", boom)
+    assert encode.main(argv) == 0
+    # a file that cannot be read is reported without building the encoder for nothing
+    monkeypatch.undo()
+    monkeypatch.setattr(encode, "load_encoder", boom)
+    (tmp_path / "text.png").write_text("this is not a PNG")
+    with pytest.raises(encode.EncodeError) as err:
+        encode.encode_files([media / "red.png", tmp_path / "text.png"], "image", "tiny", cache_dir=tmp_path)
+    assert list(err.value.failures) == [str(tmp_path / "text.png")]
 
 
 def test_crash_during_write_leaves_no_partial_file(media, tmp_path, monkeypatch):
