@@ -16,7 +16,7 @@ encoder never returns a stale embedding. Each .npy is written to a temp file and
 
   python encode.py data/toy/train.jsonl data/toy/test.jsonl --encoder toy   # media of data files
   python encode.py --modality image cat.png dog.png --encoder huge          # a list of files
-  python encode.py --probe data/toy/media.jsonl --encoder toy               # what the features carry
+  python probe.py data/toy/media.jsonl --encoder toy                        # what the features carry
   python encode.py --encoder huge --device cuda data/train.jsonl            # on a GPU
 """
 import argparse
@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import sys
 import tempfile
 import types
@@ -258,7 +257,7 @@ def encode_files(paths, modality: str, encoder: str = "tiny", cache_dir=".cache/
     return np.array([np.load(targets[p]) for p in paths], np.float32).reshape(len(paths), embed_dim(encoder))
 
 
-# ---------------------------------------------------------------- data files and the probe
+# ---------------------------------------------------------------- data files
 def media_in(data_files) -> dict:
     """{modality: [paths]} of every media item in JSON Lines files: records with a "media" list
     (data/README.md) or media listings with "path" + "modality". Paths are relative to each file."""
@@ -279,49 +278,6 @@ def media_in(data_files) -> dict:
     return {m: list(dict.fromkeys(ps)) for m, ps in found.items() if ps}
 
 
-def linear_probe(x: np.ndarray, y: list, train_mask: np.ndarray, steps: int = 300) -> float:
-    """Accuracy on ~train_mask of a softmax regression fit on train_mask: is `y` linearly in `x`?"""
-    classes = sorted(set(y))
-    t = torch.tensor([classes.index(v) for v in y])
-    x = torch.tensor(x, dtype=torch.float32)
-    x = (x - x[train_mask].mean(0)) / (x[train_mask].std(0) + 1e-6)  # standardise on the train part
-    w = torch.zeros(x.shape[1], len(classes), requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x[train_mask] @ w, t[train_mask]) + 1e-3 * w.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    test = torch.from_numpy(~train_mask)
-    return float(((x[test] @ w).argmax(1) == t[test]).float().mean())
-
-
-def probe(media_file: str, **encode_kw) -> list[dict]:
-    """For each modality and attribute in a media listing: probe accuracy on a random 75/25 split of
-    the items and on held-out attribute combinations (~25% of the combinations never seen in fitting)."""
-    items = [json.loads(line) for line in open(media_file, encoding="utf-8") if line.strip()]
-    root, rows, rng = Path(media_file).parent, [], random.Random(0)
-    for m in MODALITIES:
-        its = [it for it in items if it["modality"] == m and it.get("attributes")]
-        if len(its) < 8:
-            continue
-        x = encode_files([root / it["path"] for it in its], m, **encode_kw)
-        combos = [json.dumps(it["attributes"], sort_keys=True) for it in its]
-        held = set(rng.sample(sorted(set(combos)), max(1, len(set(combos)) // 4)))
-        split = np.array([rng.random() < 0.75 for _ in its])
-        unseen = np.array([c not in held for c in combos])
-        attrs = list(its[0]["attributes"])
-        for attr in attrs:  # held-out combinations only mean something with two or more attributes
-            y = [str(it["attributes"][attr]) for it in its]
-            rows.append({"modality": m, "attribute": attr, "values": len(set(y)), "chance": 1 / len(set(y)),
-                         "split": linear_probe(x, y, split),
-                         "held_out_combos": linear_probe(x, y, unseen) if len(attrs) > 1 else float("nan")})
-    return rows
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -332,11 +288,10 @@ def main(argv=None):
     ap.add_argument("--cache-dir", default=".cache/features", help="where the .npy embeddings go")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--probe", metavar="MEDIA_JSONL", help="report a linear probe per attribute of a media listing")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         raise SystemExit(f"encode.py: --batch-size must be at least 1 (got {args.batch_size})")
-    missing = [p for p in args.inputs + ([args.probe] if args.probe else []) if not os.path.isfile(p)]
+    missing = [p for p in args.inputs if not os.path.isfile(p)]
     if missing:
         raise SystemExit(f"encode.py: no such file: {', '.join(missing)}; check the path")
     try:
@@ -345,14 +300,8 @@ def main(argv=None):
         raise SystemExit(f"encode.py: --cache-dir {args.cache_dir}: not a folder ({e.strerror}); give a folder path")
     kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.checkpoint,
               batch_size=args.batch_size, device=args.device)
-    if args.probe:
-        print(f"{'modality':8} {'attribute':10} {'values':>6} {'chance':>6} {'split':>6} {'held-out combos':>15}")
-        for r in probe(args.probe, **kw):
-            print(f"{r['modality']:8} {r['attribute']:10} {r['values']:6d} {r['chance']:6.2f} {r['split']:6.2f} "
-                  f"{r['held_out_combos']:15.2f}")
-        return 0
     if not args.inputs:
-        ap.error("give data files, media files with --modality, or --probe")
+        ap.error("give data files, or media files with --modality")
     groups = {args.modality: args.inputs} if args.modality else media_in(args.inputs)
     failed = {}
     for modality, paths in groups.items():

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 import evaluate
 import probe
@@ -64,3 +65,24 @@ def test_linear_probe_reads_a_linear_attribute_and_not_noise():
     fit = np.arange(90) < 60
     assert probe.linear_probe(x, y, fit) == 1.0
     assert probe.linear_probe(rng.standard_normal((90, 8)), y, fit) < 0.6
+
+
+def test_probe_of_real_encoder_features_finds_colour_and_not_noise(tmp_path):
+    """probe() on the tiny random ImageBind (encode.py): colour survives it, a label the image does not show
+    stays near chance (1/3)."""
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+    lines = []
+    for i in range(48):
+        c = list(colours)[i % 3]
+        img = Image.new("RGB", (224, 224), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        (draw.rectangle if i % 2 else draw.ellipse)([40, 40, 184, 184], fill=colours[c])
+        img.save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"path": f"{i}.png", "modality": "image",
+                                 "attributes": {"colour": c, "noise": str(rng.integers(3))}}))
+    (tmp_path / "media.jsonl").write_text("\n".join(lines) + "\n")
+    rows = {r["attribute"]: r for r in probe.probe(str(tmp_path / "media.jsonl"), encoder="tiny",
+                                                    cache_dir=tmp_path / "c", progress=False)}
+    assert rows["colour"]["split"] >= 0.9
+    assert rows["noise"]["split"] <= 0.7
