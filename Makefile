@@ -15,16 +15,31 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # The offline default, end to end (untrained random ImageBind, SmolLM2-135M, tiny random generators):
-# toy data -> ImageBind features -> train P + LoRA -> answer the held-out test split -> render a few answers.
+# toy data -> ImageBind features (+ probe) -> train P + LoRA -> answer the held-out test split and the held-out
+# wordings -> render a few answers. Each step's wall time goes to out/toy/timings.tsv; the last step prints the
+# table and writes it into out/toy/test_report.json.
+TOY    := data/toy
+RUN    := out/toy
+# $(call timed,NAME,COMMAND): run COMMAND, append "NAME<TAB>seconds" to $(RUN)/timings.tsv
+timed = @t0=$$(date +%s.%N); echo "+ $(2)"; $(2) || exit 1; \
+	echo "$(1)	$$(awk "BEGIN {printf \"%.1f\", $$(date +%s.%N) - $$t0}")" >> $(RUN)/timings.tsv
+
 demo: setup
-	$(PY) data/make_toy.py --out data/toy --seed 0
-	$(PY) encode.py data/toy/train.jsonl data/toy/val.jsonl data/toy/test.jsonl --encoder toy
-	$(PY) encode.py --probe data/toy/media.jsonl --encoder toy
-	$(PY) train.py --preset toy --out_dir out/toy
-	$(PY) evaluate.py data/toy/test.jsonl --adapter out/toy --save_predictions out/toy/test_predictions.jsonl \
-		--out out/toy/test_report.json
-	$(PY) generate.py --predictions out/toy/test_predictions.jsonl --limit 3 --zoo tiny --out outputs/toy
-	@echo "adapter: out/toy   test report: out/toy/test_report.json   generated files: outputs/toy/"
+	@mkdir -p $(RUN) && rm -f $(RUN)/timings.tsv
+	$(call timed,make_toy,$(PY) data/make_toy.py --out $(TOY) --seed 0)
+	$(call timed,encode,$(PY) encode.py $(TOY)/train.jsonl $(TOY)/val.jsonl $(TOY)/test.jsonl $(TOY)/test_wordings.jsonl --encoder toy)
+	$(call timed,probe,$(PY) probe.py $(TOY)/media.jsonl --encoder toy)
+	$(call timed,train,$(PY) train.py --preset toy --out_dir $(RUN))
+	$(call timed,evaluate,$(PY) evaluate.py $(TOY)/test.jsonl --adapter $(RUN) --ceiling $(TOY)/media.jsonl \
+		--save_predictions $(RUN)/test_predictions.jsonl --out $(RUN)/test_report.json)
+	$(call timed,wordings,$(PY) evaluate.py $(TOY)/test_wordings.jsonl --adapter $(RUN) --no-captions \
+		--save_predictions $(RUN)/wordings_predictions.jsonl --out $(RUN)/wordings_report.json)
+	$(call timed,generate,$(PY) generate.py --predictions $(RUN)/test_predictions.jsonl --limit 3 --zoo tiny --out outputs/toy)
+	@awk -F'\t' '{t += $$2; printf "%-10s %7.1f s\n", $$1, $$2} END {printf "%-10s %7.1f s\n", "make demo", t}' $(RUN)/timings.tsv
+	@$(PY) -c 'import json, sys; r = json.load(open(sys.argv[1])); \
+		r["timings_s"] = {k: float(v) for k, v in (l.split("\t") for l in open(sys.argv[2]).read().splitlines())}; \
+		json.dump(r, open(sys.argv[1], "w"), indent=2)' $(RUN)/test_report.json $(RUN)/timings.tsv
+	@echo "adapter: $(RUN)   test report: $(RUN)/test_report.json   generated files: outputs/toy/"
 
 test: setup
 	$(PY) -m pytest -q
