@@ -253,14 +253,15 @@ class ModaVerse(nn.Module):
                     keep.append(row)
             if not keep:
                 break
-            # A finished row leaves the batch and the KV cache: the rows still writing do not pay for it.
-            k = torch.tensor(keep, device=dev)
-            token_embed = self.llm.get_input_embeddings()(tokens[k, None])  # (b', 1, D)
-            alive, mask, pos = [alive[r] for r in keep], F.pad(mask[k], (0, 1), value=1), pos[k]  # mask (b', T + 1)
-            pos = torch.cat([pos, pos[:, -1:] + 1], 1)  # (b', T + 1)
-            if use_cache:  # the cache holds keys/values of everything so far: feed only the new token
-                out.cache.batch_select_indices(k)
-            cache, x = out.cache, token_embed if use_cache else torch.cat([x[k], token_embed], 1)  # (b', 1 or T+1, D)
+            if len(keep) < len(alive):  # finished rows leave the batch and the KV cache: the others do not pay for them
+                k = torch.tensor(keep, device=dev)
+                alive, tokens, x, mask, pos = [alive[r] for r in keep], tokens[k], x[k], mask[k], pos[k]
+                if use_cache:
+                    out.cache.batch_select_indices(k)  # copies the cache: worth it only when a row has left
+            token_embed = self.llm.get_input_embeddings()(tokens[:, None])  # (b', 1, D)
+            mask, pos = F.pad(mask, (0, 1), value=1), torch.cat([pos, pos[:, -1:] + 1], 1)  # (b', T + 1) both
+            # the cache holds keys/values of everything so far: feed only the new token
+            cache, x = out.cache, token_embed if use_cache else torch.cat([x, token_embed], 1)  # (b', 1 or T+1, D)
         return new
 
     def respond_batch(self, requests, max_new_tokens=256, temperature=0.0, batch_size=16, use_cache=True) -> list[str]:
