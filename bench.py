@@ -216,8 +216,7 @@ def bench_generate(model, device: str, new_tokens: int, repeats: int) -> dict:
     at batch 1, 8, 32. Stopping is off (eos and '#' tokens never win): every answer is new_tokens long."""
     from lora import merge_lora, unmerge_lora
 
-    vocab = model.tokenizer.get_vocab()
-    banned = torch.tensor([model.eos_id] + [i for t, i in vocab.items() if "#" in t], device=device)  # END = "###"
+    banned = torch.tensor([model.eos_id] + [i for t, i in model.tokenizer.vocab.items() if "#" in t], device=device)
     hook = model.eval().llm.lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, banned, -torch.inf))
     runs, rng = [], np.random.default_rng(0)
     for merged, cache, B in ((False, False, 1), (False, True, 1), (True, True, 1), (True, True, 8), (True, True, 32)):
@@ -249,9 +248,10 @@ def format_table(report: dict) -> str:
               f"  inference ms: base {lo['infer_base_ms']:.2f}, unmerged {lo['infer_unmerged_ms']:.2f}, "
               f"merged {lo['infer_merged_ms']:.2f} (x{lo['merged_vs_base']:.2f} of base)"]
     for shape, g in report["generate"].items():
-        lines.append(f"decoding ({shape}, {g['new_tokens']} new tokens per answer):\n  " + "\n  ".join(
-            f"batch {r['batch']}{'' if r['kv_cache'] else ' no cache'}{' merged' if r['merged'] else ''} "
-            f"{r['tok_per_s']:.1f} tok/s {r['answers_per_s']:.2f} answers/s" for r in g["runs"]))
+        lines.append(f"decoding ({shape}, {g['new_tokens']} new tokens per answer; ans/s = answers per second):")
+        for r in g["runs"]:
+            how = ("LoRA merged" if r["merged"] else "LoRA unmerged") + ("" if r["kv_cache"] else ", no cache")
+            lines.append(f"  batch {r['batch']:>2}, {how}: {r['tok_per_s']:.1f} tok/s, {r['answers_per_s']:.2f} ans/s")
     return "\n".join(lines + [f"skipped: {s}" for s in report["skipped"]])
 
 
