@@ -138,6 +138,7 @@ def test_batched_greedy_decoding_equals_one_at_a_time(model, monkeypatch):
         hook.remove()
     assert [seen[0][i, -len(p):].tolist() for i, p in enumerate(prompts)] == [list(range(len(p))) for p in prompts]
     assert seen[1][:, 0].tolist() == [len(p) for p in prompts]  # the first new token follows its own prompt
+    assert model.generate_ids_batch(prompts, x, mods, 10, use_cache=False) == expected  # rows leave without a cache too
     assert model.generate_ids_batch(prompts[::-1], torch.cat([x[rows[i]:rows[i + 1]] for i in range(3, -1, -1)]),
                                     [m for _, media in ASKS[::-1] for m in media], 10) == expected[::-1]
 
