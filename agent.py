@@ -143,6 +143,7 @@ class ModaVerse(nn.Module):
         self.placeholder_id = tokenizer.convert_tokens_to_ids(ph)
         bos = tokenizer.bos_token_id  # every sequence starts with it, as in the official code (Llama: <s>)
         self.bos_ids = [] if bos is None else [bos]
+        self.eos_id = tokenizer.eos_token_id  # decoding stops at it (or when END appears)
         self.pad_id = tokenizer.eos_token_id  # any id but the placeholder: padding is masked and unsupervised
         assert self.pad_id != self.placeholder_id, "pad id must differ from the placeholder id"
 
@@ -223,44 +224,74 @@ class ModaVerse(nn.Module):
         return CausalLMOutput(loss=F.cross_entropy(logits.float(), targets[keep]), logits=logits)
 
     @torch.no_grad()
-    def generate_ids(self, input_ids: list[int], media_feats=None, media_modalities=(), max_new_tokens=256,
-                     temperature=0.0, use_cache=True) -> list[int]:
-        """Decode after the prompt until END appears, the eos token, or max_new_tokens; returns the new ids.
-        use_cache=False recomputes the whole sequence every step: the reference the KV cache must match."""
-        x = self.embed(torch.tensor([input_ids], device=self.llm.device), media_feats, media_modalities)  # (1, T, D)
-        new, cache = [], None
-        for _ in range(max_new_tokens):
-            out = self.llm(inputs_embeds=x, cache=cache, use_cache=use_cache, logits_to_keep=1)
-            logits = out.logits[0, -1].float()  # (V,)
-            if temperature > 0:  # sample from softmax(logits / temperature)
-                token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1))
-            else:  # greedy
-                token = int(logits.argmax())
-            new.append(token)
-            if token == self.tokenizer.eos_token_id or END in self.tokenizer.decode(new):
+    def generate_ids_batch(self, prompts: list[list[int]], media_feats=None, media_modalities=(), max_new_tokens=256,
+                           temperature=0.0, use_cache=True) -> list[list[int]]:
+        """Decode after every prompt (token ids, any lengths) at once; a row stops when END appears, at the eos token
+        or after max_new_tokens (an int or one per prompt). Returns each row's new ids, the stopping one included.
+        Media rows follow the placeholders of prompt 0, then 1, ... (as in embed). Greedy rows equal decoding alone
+        (the same math; float rounding could flip only a near-tie). use_cache=False recomputes the whole sequence
+        every step: the reference the KV cache must match."""
+        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
+        dev, T = self.llm.device, max(map(len, prompts))
+        # Left padding: every prompt ends in the last column, where each row's next token is read.
+        ids = torch.tensor([[self.pad_id] * (T - len(p)) + p for p in prompts], device=dev)  # (B, T)
+        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=dev)  # (B, T), 0 on padding
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): RoPE positions count real tokens only, as if unpadded
+        x = self.embed(ids, media_feats, media_modalities)  # (B, T, D); a step feeds x and pos's last x.shape[1]
+        new, alive, cache = [[] for _ in prompts], list(range(len(prompts))), None  # alive: rows still decoding
+        for _ in range(max(budgets)):
+            out = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=pos[:, -x.shape[1]:], cache=cache,
+                           use_cache=use_cache, logits_to_keep=1)
+            logits = out.logits[:, -1].float()  # (b, V), b = len(alive)
+            tokens = (torch.multinomial(torch.softmax(logits / temperature, -1), 1)[:, 0] if temperature > 0
+                      else logits.argmax(-1))  # (b,): sampled from softmax(logits / temperature), or greedy
+            keep = []  # END is ASCII, so it spans at most len(END) tokens: decode those, not the whole answer
+            for row, (i, token) in enumerate(zip(alive, tokens.tolist())):
+                new[i].append(token)
+                if not (token == self.eos_id or END in self.tokenizer.decode(new[i][-len(END):])
+                        or len(new[i]) >= budgets[i]):
+                    keep.append(row)
+            if not keep:
                 break
-            token_embed = self.llm.get_input_embeddings()(torch.tensor([[token]], device=self.llm.device))  # (1, 1, D)
-            if use_cache:  # the cache holds keys/values of everything so far: feed only the new token
-                cache, x = out.cache, token_embed
-            else:
-                x = torch.cat([x, token_embed], dim=1)  # (1, T+1, D)
+            if len(keep) < len(alive):  # finished rows leave the batch and the KV cache: the others do not pay for them
+                k = torch.tensor(keep, device=dev)
+                alive, tokens, x, mask, pos = [alive[r] for r in keep], tokens[k], x[k], mask[k], pos[k]
+                if use_cache:
+                    out.cache.batch_select_indices(k)  # copies the cache: worth it only when a row has left
+            token_embed = self.llm.get_input_embeddings()(tokens[:, None])  # (b', 1, D)
+            mask, pos = F.pad(mask, (0, 1), value=1), torch.cat([pos, pos[:, -1:] + 1], 1)  # (b', T + 1) both
+            # the cache holds keys/values of everything so far: feed only the new token
+            cache, x = out.cache, token_embed if use_cache else torch.cat([x, token_embed], 1)  # (b', 1 or T+1, D)
         return new
+
+    def respond_batch(self, requests, max_new_tokens=256, temperature=0.0, batch_size=16, use_cache=True) -> list[str]:
+        """What respond() writes for each request, in the order given, decoded batch_size at a time (greedy: the same
+        text as one at a time). requests: [(instruction, media)] or [(instruction, media, history)], as respond()
+        takes them: media = [(modality, feature (feat_dim,) array or tensor)], history = [(user instruction, media,
+        assistant text)] of earlier turns, oldest first, or None. max_new_tokens: an int, or one per request.
+        Prompts are sorted by token length, so a batch holds similar lengths (little padding)."""
+        budgets = [max_new_tokens] * len(requests) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        chats = []  # (prompt ids, [(modality, feature)] of all turns in prompt order) per request
+        for instruction, media, *history in requests:  # history: [], [None] or [earlier turns]
+            turns = [*((history or [None])[0] or []), (instruction, media, None)]
+            chats.append((self.encode_chat(turns)[0], [item for _, med, _ in turns for item in med]))
+        order, texts, was_training = sorted(range(len(chats)), key=lambda i: len(chats[i][0])), {}, self.training
+        self.eval()  # no LoRA dropout while decoding
+        try:
+            for idx in (order[s:s + batch_size] for s in range(0, len(order), batch_size)):
+                media = [item for i in idx for item in chats[i][1]]
+                feats = np.stack([f for _, f in media]) if media else None
+                new = self.generate_ids_batch([chats[i][0] for i in idx], feats, [m for m, _ in media],
+                                              [budgets[i] for i in idx], temperature, use_cache)
+                texts.update({i: self.tokenizer.decode(ids).split(END)[0].strip() for i, ids in zip(idx, new)})
+        finally:
+            self.train(was_training)
+        return [texts[i] for i in range(len(chats))]
 
     def respond(self, instruction: str, media=(), history=None, max_new_tokens=256, temperature=0.0,
                 use_cache=True) -> str:
-        """Write the meta-response for one user turn. media: [(modality, feature (feat_dim,))];
-        history: [(user instruction, media, assistant text)] of earlier turns, oldest first."""
-        turns = [*(history or []), (instruction, media, None)]
-        all_media = [item for _, med, _ in turns for item in med]  # (modality, feature) in prompt order
-        ids, _ = self.encode_chat(turns)
-        feats = np.stack([f for _, f in all_media]) if all_media else None
-        was_training = self.training
-        self.eval()  # no LoRA dropout while decoding
-        try:
-            new = self.generate_ids(ids, feats, [m for m, _ in all_media], max_new_tokens, temperature, use_cache)
-        finally:
-            self.train(was_training)
-        return self.tokenizer.decode(new).split(END)[0].strip()
+        """Write the meta-response for one user turn (respond_batch with one request)."""
+        return self.respond_batch([(instruction, media, history)], max_new_tokens, temperature, 1, use_cache)[0]
 
     # ------------------------------------------------------------------ adapter = P + LoRA
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Speed of ModaVerse's trainable part of Eq. (1): P + LoRA on a frozen LLM'. Measures, on this machine:
 training-step tokens/s and MFU (the step's model FLOPs / this machine's own matmul throughput, measured in
 the same run), the share of a step spent building the batch, peak memory, the cost of a LoRA layer, and
-generation tokens/s of respond's KV-cache decoding. Synthetic records of the toy set's length, random features.
+decoding answers/s and tokens/s at batch 1, 8, 32. Synthetic records of the toy set's length, random features.
 
     python bench.py --quick                  # < 1 min on 2 CPU cores: tiny + toy shapes, a few steps each
     python bench.py --out bench.json         # a few minutes on 2 CPU cores: tiny + toy shapes, 20 steps each
@@ -21,13 +21,15 @@ import torch.nn as nn
 
 SEQ_LEN = {"tiny": 56, "toy": 56, "paper": 256}  # tokens per record (toy records: ~54, FACTS.md)
 WORDS = "the red circle a blue square plays a low beep while green light moves left and right".split()
+ASKS = [("Describe the given image.", ["image"]), ("Draw a blue square moving left.", []),  # toy-like, 0-3 media
+        ("What do the video and the audio contain?", ["video", "audio"]),
+        ("Draw the instrument that makes this sound in the colour of these.", ["audio", "image", "video"])]
 
 
 # ----------------------------------------------------------------------------- measuring
 def timed(fn, device: str, repeats: int, warmup: int = 1) -> float:
     """Median wall seconds of fn() over `repeats` runs, after `warmup` runs (GPU work is synchronised)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times = []
+    sync, times = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None), []
     for i in range(warmup + repeats):
         sync()
         t0 = time.perf_counter()
@@ -210,31 +212,31 @@ def bench_lora(device: str, dim: int, r: int, tokens: int, repeats: int) -> dict
 
 
 def bench_generate(model, device: str, new_tokens: int, repeats: int) -> dict:
-    """Greedy decoding as respond() does it (generate_ids), with the KV cache and without (the reference)."""
+    """generate_ids_batch on toy-like prompts: batch 1 unmerged without/with the KV cache; merged (as evaluate.predict)
+    at batch 1, 8, 32. Stopping is off (eos and '#' tokens never win): every answer is new_tokens long."""
     from lora import merge_lora, unmerge_lora
 
-    model.eval()
-    ids, _ = model.encode_chat([("Draw what this sound shows.", ["audio"], None)])
-    feats = np.random.default_rng(0).standard_normal((1, model.cfg.feat_dim)).astype(np.float32)
-    out = {"prompt_tokens": len(ids)}
-    for name, cache, merged in (("kv_cache", True, False), ("kv_cache_merged", True, True), ("no_cache", False, False)):
-        if merged:
-            merge_lora(model.llm)
-        n = []
-        s = timed(lambda: n.append(len(model.generate_ids(ids, feats, ["audio"], new_tokens, use_cache=cache))),
-                  device, repeats, warmup=0)  # training just ran: the kernels are warm
-        out[f"{name}_tok_per_s"], out["new_tokens"] = n[-1] / s, n[-1]
-        if merged:
-            unmerge_lora(model.llm)
-    return out
+    banned = torch.tensor([model.eos_id] + [i for t, i in model.tokenizer.vocab.items() if "#" in t], device=device)
+    hook = model.eval().llm.lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, banned, -torch.inf))
+    runs, rng = [], np.random.default_rng(0)
+    for merged, cache, B in ((False, False, 1), (False, True, 1), (True, True, 1), (True, True, 8), (True, True, 32)):
+        (merge_lora if merged else unmerge_lora)(model.llm)
+        asks = [ASKS[i % len(ASKS)] for i in range(B)]
+        prompts, mods = [model.encode_chat([(q, m, None)])[0] for q, m in asks], [m for _, ms in asks for m in ms]
+        feats, n = rng.standard_normal((len(mods), model.cfg.feat_dim)).astype(np.float32), []  # n: tokens per run
+        decode = lambda: model.generate_ids_batch(prompts, feats, mods, new_tokens, use_cache=cache)  # noqa: E731
+        s = timed(lambda: n.append(sum(map(len, decode()))), device, repeats, warmup=0)  # training ran: kernels warm
+        runs.append({"batch": B, "merged": merged, "kv_cache": cache, "answers_per_s": B / s, "tok_per_s": n[-1] / s})
+    hook.remove()
+    unmerge_lora(model.llm)
+    return {"new_tokens": new_tokens, "runs": runs}
 
 
 def format_table(report: dict) -> str:
     (name, best), (_, every) = report["matmul_peak_gflops"].items()
     lines = [f"matmul peak ({report['peak_dtype']}, {report['device']}): {name} {best:.0f} GFLOP/s "
              f"(measurements: {', '.join(f'{p:.0f}' for p in every)})", "",
-             f"{'shape':<7}{'batch':>6}{'T':>5}{'step s':>9}{'tok/s':>9}{'GFLOP':>9}{'MFU':>7}{'data':>7}"
-             f"{'peak MiB':>10}"]
+             "shape   batch    T   step s    tok/s    GFLOP    MFU   data  peak MiB"]
     for r in report["train"]:
         lines.append(f"{r['shape']:<7}{r['batch']:>6}{r['seq_len']:>5}{r['step_s']:>9.3f}{r['tok_per_s']:>9.0f}"
                      f"{r['step_gflop']:>9.1f}{100 * r['mfu']:>6.1f}%{100 * r['data_share']:>6.1f}%"
@@ -246,9 +248,10 @@ def format_table(report: dict) -> str:
               f"  inference ms: base {lo['infer_base_ms']:.2f}, unmerged {lo['infer_unmerged_ms']:.2f}, "
               f"merged {lo['infer_merged_ms']:.2f} (x{lo['merged_vs_base']:.2f} of base)"]
     for shape, g in report["generate"].items():
-        lines.append(f"generate ({shape}, {g['new_tokens']} new tokens after {g['prompt_tokens']}): KV cache "
-                     f"{g['kv_cache_tok_per_s']:.1f} tok/s, merged {g['kv_cache_merged_tok_per_s']:.1f}, "
-                     f"no cache {g['no_cache_tok_per_s']:.1f}")
+        lines.append(f"decoding ({shape}, {g['new_tokens']} new tokens per answer; ans/s = answers per second):")
+        for r in g["runs"]:
+            how = ("LoRA merged" if r["merged"] else "LoRA unmerged") + ("" if r["kv_cache"] else ", no cache")
+            lines.append(f"  batch {r['batch']:>2}, {how}: {r['tok_per_s']:.1f} tok/s, {r['answers_per_s']:.2f} ans/s")
     return "\n".join(lines + [f"skipped: {s}" for s in report["skipped"]])
 
 

@@ -93,12 +93,76 @@ def test_placeholders_expand_to_k_tokens_and_splice_puts_features_there(model):
         m3.embed(ids, x[:1], ["audio"])
 
 
+# Prompts of mixed lengths with 0-3 media items each, and their media rows in batch order (as embed reads them).
+ASKS = [("Draw a cat.", []), ("Describe this sound and this picture in a few words, please.", ["audio", "image"]),
+        ("Why?", ["video", "image", "audio"]), ("Make a video of it, slowly moving to the left.", ["image"])]
+
+
+def batch_of_asks(model):
+    prompts = [model.encode_chat([(q, media, None)])[0] for q, media in ASKS]
+    mods = [m for _, media in ASKS for m in media]
+    rows = np.cumsum([0] + [len(media) for _, media in ASKS])  # prompt i's media are rows[i]:rows[i + 1]
+    return prompts, feats(len(mods)), mods, rows
+
+
 def test_kv_cache_generation_equals_full_recompute(model):
-    ids = model.encode_chat([("Make a sound for this picture.", ["image"], None)])[0]
-    kwargs = dict(media_feats=feats(1), media_modalities=["image"], max_new_tokens=8)
-    cached = model.generate_ids(ids, use_cache=True, **kwargs)
-    full = model.generate_ids(ids, use_cache=False, **kwargs)
-    assert len(cached) == 8 and cached == full
+    prompts, x, mods, _ = batch_of_asks(model)
+    cached = model.generate_ids_batch(prompts, x, mods, max_new_tokens=8, use_cache=True)
+    full = model.generate_ids_batch(prompts, x, mods, max_new_tokens=8, use_cache=False)
+    assert [len(c) for c in cached] == [8] * 4 and cached == full
+
+
+def test_batched_greedy_decoding_equals_one_at_a_time(model, monkeypatch):
+    """Left padding, its attention mask and position ids, the spliced media and the KV cache (rows leaving it as
+    they stop) change nothing: every row gets the ids it gets alone, also when rows stop at different steps."""
+    prompts, x, mods, rows = batch_of_asks(model)
+    assert len({len(p) for p in prompts}) == len(prompts)  # four different lengths: real padding
+
+    def alone(n):  # the reference: each prompt as a batch of one
+        return [model.generate_ids_batch([p], x[rows[i]:rows[i + 1]], mods[rows[i]:rows[i + 1]], n)[0]
+                for i, p in enumerate(prompts)]
+
+    free = alone(10)
+    # Random weights rarely write eos or END, so make a token that one row writes early (and another row never)
+    # the stop token: that row stops after a few steps, the other runs to max_new_tokens.
+    stop, r, step = next((t, r, s) for s in range(1, 5) for r, row in enumerate(free) for t in [row[s]]
+                         if t not in row[:s] and any(t not in other for other in free))
+    monkeypatch.setattr(model, "eos_id", stop)
+    expected = alone(10)
+    assert len(expected[r]) == step + 1 and 10 in [len(e) for e in expected]
+    seen = []  # position ids the LLM gets: RoPE sees only their differences, so the ids alone cannot check them
+    hook = model.llm.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"]), with_kwargs=True)
+    try:
+        assert model.generate_ids_batch(prompts, x, mods, 10) == expected
+    finally:
+        hook.remove()
+    assert [seen[0][i, -len(p):].tolist() for i, p in enumerate(prompts)] == [list(range(len(p))) for p in prompts]
+    assert seen[1][:, 0].tolist() == [len(p) for p in prompts]  # the first new token follows its own prompt
+    assert model.generate_ids_batch(prompts, x, mods, 10, use_cache=False) == expected  # rows leave without a cache too
+    assert model.generate_ids_batch(prompts[::-1], torch.cat([x[rows[i]:rows[i + 1]] for i in range(3, -1, -1)]),
+                                    [m for _, media in ASKS[::-1] for m in media], 10) == expected[::-1]
+
+
+def test_respond_batch_keeps_order_and_equals_respond(model):
+    _, x, _, rows = batch_of_asks(model)
+    history = [("Draw this.", [("audio", x[0].numpy())], '{"response": "a dog"}')]
+    requests = [(q, list(zip(media, x[rows[i]:rows[i + 1]].numpy()))) for i, (q, media) in enumerate(ASKS)]
+    requests[2] += (history,)  # a second turn
+    budgets = [6, 3, 6, 5]  # one max_new_tokens per request
+    texts = model.respond_batch(requests, max_new_tokens=budgets, batch_size=3)  # sorted by length: 2 batches
+    assert texts == [model.respond(*req, max_new_tokens=n) for req, n in zip(requests, budgets)]
+    assert model.respond_batch([]) == []
+
+
+def test_sampled_batch_is_seeded_and_well_formed(model):
+    prompts, x, mods, _ = batch_of_asks(model)
+    sample = lambda: model.generate_ids_batch(prompts, x, mods, 7, temperature=1.0)  # noqa: E731
+    torch.manual_seed(0)
+    first = sample()
+    torch.manual_seed(0)
+    assert sample() == first
+    assert all(1 <= len(ids) <= 7 and all(0 <= t < model.llm.config.vocab_size for t in ids) for ids in first)
+    assert first != model.generate_ids_batch(prompts, x, mods, 7)  # temperature 1 does not give the greedy ids
 
 
 def test_respond_stops_at_end_marker(model, monkeypatch):
@@ -121,7 +185,8 @@ def test_respond_stops_at_end_marker(model, monkeypatch):
 
 def test_respond_multi_turn_builds_history_into_the_prompt(model, monkeypatch):
     seen = {}
-    monkeypatch.setattr(model, "generate_ids", lambda ids, f, mods, *a: seen.update(ids=ids, f=f, mods=mods) or [])
+    monkeypatch.setattr(model, "generate_ids_batch",
+                        lambda prompts, f, mods, *a: seen.update(ids=prompts[0], f=f, mods=mods) or [[]])
     f1, f2 = feats(2).numpy()
     history = [("Draw this.", [("audio", f1)], '{"response": "a dog"}')]
     model.respond("Now a video of it.", [("video", f2)], history)

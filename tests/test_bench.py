@@ -1,5 +1,5 @@
 """Tests of bench.py's FLOP count (the numerator of MFU): a hand count, and torch's own FLOP counter on a real
-tiny training step. Speed itself is never asserted."""
+tiny training step; and the shape of the decoding report. Speed itself is never asserted."""
 from types import SimpleNamespace
 
 import torch
@@ -39,3 +39,15 @@ def test_step_flops_match_torch_flop_counter_on_a_tiny_step():
     flops = bench.step_flops(c, model.cfg.lora_r, model.cfg.lora_targets, [40, 40], sum(e["n_sup"] for e in batch),
                              2, model.cfg.feat_dim, model.cfg.tokens_per_item)
     assert flops == counter.get_total_flops() + attention
+
+
+def test_bench_generate_reports_batches_1_8_32():
+    torch.manual_seed(0)
+    model = bench.build_model("tiny", "cpu")
+    g = bench.bench_generate(model, "cpu", new_tokens=3, repeats=1)
+    assert [(r["batch"], r["merged"], r["kv_cache"]) for r in g["runs"]] == [
+        (1, False, False), (1, False, True), (1, True, True), (8, True, True), (32, True, True)]
+    for r in g["runs"]:  # stopping is off, so every answer has new_tokens tokens: tokens/s = 3 answers/s
+        assert r["answers_per_s"] > 0 and abs(r["tok_per_s"] - 3 * r["answers_per_s"]) < 1e-6 * r["tok_per_s"]
+    assert not model.llm.lm_head._forward_hooks  # the stop-banning hook is gone
+    assert not any(getattr(m, "merged", False) for m in model.modules())  # and the LoRA unmerged again
