@@ -264,15 +264,16 @@ def media_in(data_files) -> dict:
     found = {m: [] for m in MODALITIES}
     for f in data_files:
         root = Path(f).parent
-        with open(f, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
+        with open(f, "rb") as fh:  # JSON Lines: lines end at b"\n" only; a UTF-8 BOM and CRLF are fine
+            for n, raw in enumerate(fh, 1):
                 try:
-                    rec = json.loads(line)
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                    rec = json.loads(line) if line.strip() else {}
                     items = rec["media"] if "media" in rec else [rec] if "path" in rec else []
                     for item in items:
                         found[item["modality"]].append(str(root / item["path"]))
+                except UnicodeDecodeError:
+                    raise SystemExit(f"{f}:{n}: not UTF-8 text (a binary file?): give a JSON Lines data file")
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise SystemExit(f"{f}:{n}: not a data record ({type(e).__name__}: {e})")
     return {m: list(dict.fromkeys(ps)) for m, ps in found.items() if ps}

@@ -34,8 +34,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import encode
-from data.records import DataError, read_valid  # the data format's one validator (data/README.md)
 from agent import IGNORE, PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, format_meta_response, save_adapter
+from data.records import DataError, read_valid  # the data format's one validator (data/README.md)
 
 
 def flag(default, help, choices=None):  # noqa: A002 -- a dataclass field that carries its --help text

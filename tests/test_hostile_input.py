@@ -177,3 +177,13 @@ def test_agent_one_shot_with_broken_media_is_one_line(root, capsys):
     for path in ("truncated.png", "nowhere.png"):
         with pytest.raises(SystemExit, match=rf"(?s)error: .*{path}"):
             agent.main(["--preset", "tiny", "--image", str(root / "media" / path), "Draw this."])
+
+
+def test_encode_reads_bom_crlf_data_files_and_refuses_binary_ones(root, tmp_path):
+    data = root / "bom.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + json.dumps(record("b", [("audio", "media/good.wav")])).encode() + b"\r\n")
+    assert encode.main([str(data), "--encoder", "tiny", "--cache-dir", str(tmp_path / "cache")]) == 0
+    binary = root / "binary-encode.jsonl"
+    binary.write_bytes(b'{"media": []}\n' + (root / "media" / "good.png").read_bytes())
+    with pytest.raises(SystemExit, match=r"binary-encode.jsonl:2: not UTF-8 text"):
+        encode.main([str(binary), "--encoder", "tiny", "--cache-dir", str(tmp_path / "cache")])
