@@ -20,6 +20,7 @@ $(VENV)/.installed: requirements.txt
 # table and writes it into out/toy/test_report.json.
 TOY    := data/toy
 RUN    := out/toy
+TRAIN_FLAGS ?=  # e.g. make demo TRAIN_FLAGS="--max_steps 240 --batch_size 8 --micro_batch 8 --lr 1e-3" (longer)
 # $(call timed,NAME,COMMAND): run COMMAND, append "NAME<TAB>seconds" to $(RUN)/timings.tsv
 timed = @t0=$$(date +%s.%N); echo "+ $(2)"; $(2) || exit 1; \
 	echo "$(1)	$$(awk "BEGIN {printf \"%.1f\", $$(date +%s.%N) - $$t0}")" >> $(RUN)/timings.tsv
@@ -29,7 +30,7 @@ demo: setup
 	$(call timed,make_toy,$(PY) data/make_toy.py --out $(TOY) --seed 0)
 	$(call timed,encode,$(PY) encode.py $(TOY)/train.jsonl $(TOY)/val.jsonl $(TOY)/test.jsonl $(TOY)/test_wordings.jsonl --encoder toy)
 	$(call timed,probe,$(PY) probe.py $(TOY)/media.jsonl --encoder toy)
-	$(call timed,train,$(PY) train.py --preset toy --out_dir $(RUN))
+	$(call timed,train,$(PY) train.py --preset toy --out_dir $(RUN) $(TRAIN_FLAGS))
 	$(call timed,evaluate,$(PY) evaluate.py $(TOY)/test.jsonl --adapter $(RUN) --ceiling $(TOY)/media.jsonl \
 		--save_predictions $(RUN)/test_predictions.jsonl --out $(RUN)/test_report.json)
 	$(call timed,wordings,$(PY) evaluate.py $(TOY)/test_wordings.jsonl --adapter $(RUN) --no-captions \
