@@ -326,7 +326,7 @@ def read_predictions(path: str) -> dict[str, str]:
 def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu", cache_dir: str = ".cache/features",
             max_new_tokens: int = 256, batch_size: int | None = None) -> dict[str, str]:
     """Meta-responses of a trained adapter for every record: media through encode.py (cached), then greedy
-    respond_batch, batch_size records at a time (default 64 on CUDA, 16 on CPU), sorted by prompt length so
+    respond_batch, batch_size records at a time (default 64), sorted by prompt length so
     a batch holds similar lengths; the same text as respond() one record at a time."""
     import encode
     from agent import load_adapter
@@ -347,7 +347,7 @@ def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu
         feats.update({(modality, p): row for p, row in zip(paths, x)})
     requests = [(rec["instruction"], [(m["modality"], feats[m["modality"], os.path.join(data_dir, m["path"])])
                                       for m in rec.get("media", [])]) for rec in records]
-    batch_size, t0 = batch_size or (64 if device.startswith("cuda") else 16), time.perf_counter()
+    batch_size, t0 = batch_size or 64, time.perf_counter()  # 2 CPU cores, toy: 64 is 2.2x faster than 16
     texts = model.respond_batch(requests, max_new_tokens=max_new_tokens, batch_size=batch_size)
     print(f"predicted {len(records)} records in {time.perf_counter() - t0:.1f} s (batch {batch_size})", file=sys.stderr)
     return {rec["id"]: text for rec, text in zip(records, texts)}
@@ -380,7 +380,7 @@ def run(argv=None):
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--cache_dir", default=".cache/features", help="encode.py's feature cache")
     p.add_argument("--max_new_tokens", type=int, default=256, help="longest meta-response with --adapter")
-    p.add_argument("--batch_size", type=int, help="with --adapter: records decoded at once (default: 64 on CUDA, 16)")
+    p.add_argument("--batch_size", type=int, default=64, help="with --adapter: records decoded at once")
     p.add_argument("--ceiling", metavar="MEDIA_JSONL", help="the media listing (data/toy/media.jsonl): add each "
                    "path's ceiling, a linear probe of the attributes its prompts need (probe.py)")
     p.add_argument("--encoder", default="toy", help="with --ceiling and --predictions: the encode.py preset of "
