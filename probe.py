@@ -77,13 +77,12 @@ def record_ceilings(records: list[dict], data_dir: str, media_file: str, **encod
     """{record id: every attribute in its "needs" predicted right} for the records that have "needs", by probes
     fit on the media listed with "split": "train" (the media a trained P has seen) and applied to each record's
     own media items."""
-    predicted = {}  # (absolute media path, attribute) -> predicted value, and the true one
+    predicted, root = {}, Path(media_file).parent.resolve()  # (absolute media path, attribute) -> probe right?
     for m in MODALITIES:
         its, x = _media(media_file, m, **encode_kw)
         if not its:
             continue
         fit = np.array([it.get("split") == "train" for it in its])
-        root = Path(media_file).parent.resolve()
         for attr in its[0]["attributes"]:
             y = [str(it["attributes"][attr]) for it in its]
             for it, p, v in zip(its, fit_probe(x, y, fit), y):
