@@ -387,6 +387,8 @@ def run(argv=None):
     p.add_argument("--encoder", default="toy", help="with --ceiling and --predictions: the encode.py preset of "
                    "the features (with --adapter: the adapter's)")
     p.add_argument("--out", help="write the whole report here as JSON")
+    p.add_argument("--html", action=argparse.BooleanOptionalAction, default=False, help="also write the results "
+                   "page index.html into the run folder (--adapter, else --out's folder; report.py)")
     args = p.parse_args(argv)
     if not args.data and not args.generated:
         p.error("give a data split (with --predictions or --adapter) and/or --generated DIR")
@@ -436,6 +438,12 @@ def run(argv=None):
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, ensure_ascii=False)
         print(f"\nwrote {args.out}")
+    if args.html:
+        from report import write_page  # lazy: the page (matplotlib) only when asked for
+
+        page = write_page(args.adapter or os.path.dirname(args.out or "") or ".", args.data,
+                          preds if args.data else {}, {args.data or "generated": report}, args.generated)
+        print(f"wrote {page}: open it in a browser, no server needed")
 
 
 if __name__ == "__main__":
