@@ -107,6 +107,14 @@ def record_turns(record: dict) -> list[tuple[str, list, dict]]:
     return turns + [(record["instruction"], media[start:], record["target"])]
 
 
+def chat_request(record: dict, items: list) -> tuple[str, list, list]:
+    """(instruction, media, history) of a record's last turn, as respond_batch takes it: its earlier turns, with
+    their targets as the assistant's answers, are the history. items: the record's media in its order, e.g.
+    (modality, feature) pairs."""
+    *history, (instruction, media, _) = record_turns(record | {"media": items})
+    return instruction, media, [(q, m, format_meta_response(t)) for q, m, t in history]
+
+
 def render_chat(turns, tokens_per_item: int) -> str:
     """chat_template as one string (each placeholder shown as ▢): what --show_prompt prints."""
     return "".join("▢" * v if kind == "media" else v for kind, v in chat_template(turns, tokens_per_item))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from agent import END, IGNORE, PRESETS, ModaVerse, format_meta_response, record_turns
+from agent import END, IGNORE, PRESETS, ModaVerse, chat_request, format_meta_response, record_turns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 import convert  # noqa: E402
@@ -58,6 +58,12 @@ def test_record_turns_split_media_in_prompt_order():
     assert [m["path"] for m in m0] == ["a.png"] and m1 == [] and [m["path"] for m in m2] == ["b.wav"]
     single = {k: v for k, v in RECORD.items() if k != "turns"}
     assert record_turns(single) == [(single["instruction"], single["media"], single["target"])]
+    # what evaluate.py and train.py's val_respond ask: the last turn, the earlier ones (with their targets) as history
+    q, media, history = chat_request(RECORD, ["image feature", "audio feature"])
+    assert (q, media) == (RECORD["instruction"], ["audio feature"])
+    assert history == [("What is in this picture?", ["image feature"], format_meta_response(target("A red kite."))),
+                       ("What food has its colour?", [], format_meta_response(target("A strawberry.")))]
+    assert chat_request(single, ["a", "b"]) == (single["instruction"], ["a", "b"], [])
 
 
 def test_convert_llava_keeps_conversations_whole(tmp_path):
