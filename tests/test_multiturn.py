@@ -17,6 +17,7 @@ from agent import END, IGNORE, PRESETS, ModaVerse, chat_request, format_meta_res
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 import convert  # noqa: E402
+import summary  # noqa: E402
 from records import read_jsonl, validate_record  # noqa: E402
 from test_train import args, log, make_data  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -83,6 +84,17 @@ def test_convert_llava_keeps_conversations_whole(tmp_path):
     assert three["turns"] == [{"instruction": "What is this?", "n_media": 1, "target": target("A bus.")},
                               {"instruction": "Which colour?", "n_media": 0, "target": target("Red.")}]
     assert "turns" not in one and one["instruction"] == "Describe." and one["media"][0]["path"] == "img/a.jpg"
+
+
+def test_summary_counts_turns_and_the_whole_conversation(tmp_path):
+    path = tmp_path / "r.jsonl"
+    single = {k: v for k, v in RECORD.items() if k != "turns"}
+    path.write_text(json.dumps(RECORD) + "\n" + json.dumps(single) + "\n")
+    s = summary.summarize([str(path)])
+    assert s["turns"] == {1: 1, 3: 1} and "by number of turns" in summary.report(s)
+    words = lambda *texts: sum(len(t.split()) for t in texts)  # noqa: E731
+    every = [RECORD["instruction"], *(t["instruction"] for t in RECORD["turns"])]
+    assert s["lengths"]["instruction"]["max"] == words(*every)
 
 
 @pytest.fixture(scope="module")
