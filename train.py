@@ -34,7 +34,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import encode
-from agent import IGNORE, PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, format_meta_response, save_adapter
+from agent import (IGNORE, PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, chat_request, format_meta_response,
+                   save_adapter)
 from data.records import DataError, read_valid  # the data format's one validator (data/README.md)
 
 
@@ -289,7 +290,7 @@ def evaluate(model: ModaVerse, val: list[dict], cfg: TrainConfig, ctx, device) -
         loss_sum, n_tok = loss_sum + loss.item() * k, n_tok + k
     asked = val[:cfg.val_respond]
     with ctx:  # batched greedy decoding, the same text as one at a time; budget: the target's length + 8 tokens
-        texts = model.respond_batch([(e["record"]["instruction"], list(zip(e["modalities"], e["feats"])))
+        texts = model.respond_batch([chat_request(e["record"], list(zip(e["modalities"], e["feats"])))
                                      for e in asked], [e["n_sup"] + 8 for e in asked], batch_size=cfg.micro_batch)
     hits = sum(text == format_meta_response(e["record"]["target"]) for text, e in zip(texts, asked))
     model.train()
