@@ -150,6 +150,11 @@ def test_user_mistakes_are_one_line_before_any_model_loads(media, monkeypatch):
                           (["--generate", "--image-steps", "-1", "Hi"], "error: --image-steps -1: must be > 0")]:
         with pytest.raises(SystemExit, match=message):
             chat.main([*base(media), *argv])
+    transformers.logging.set_verbosity_warning()  # -v leaves the libraries' logging as it was; without it: errors only
+    for verbose, level in [(["-v"], logging.WARNING), ([], logging.ERROR)]:
+        with pytest.raises(SystemExit, match="no such file"):
+            chat.main([*base(media), *verbose, "--image", "missing.png", "Hi"])
+        assert transformers.logging.get_verbosity() == level
 
 
 def test_encoder_checkpoint_comes_from_the_flag_or_the_adapter(media, monkeypatch, capsys):
