@@ -190,7 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="the LLM's and ImageBind's device: cpu, cuda, cuda:1, ...")
     p.add_argument("--cache_dir", default=".cache/features", help="encode.py's feature cache")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
-                   help="print the reply while the LLM writes it")
+                   help="print the reply while the LLM writes it (not with --json)")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                    help="print the raw meta-response instead of the reply and the invocation lines")
     p.add_argument("--show_prompt", action=argparse.BooleanOptionalAction, default=False,
