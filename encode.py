@@ -2,7 +2,7 @@
 
 ModaVerse feeds every input medium through a frozen ImageBind encoder (Girdhar et al. 2023) and then
 through a trainable linear projector (project.py). The encoder never changes during training, so we
-run it once per file and cache its embedding; train.py and agent.py read the cache.
+run it once per file and cache its embedding; train.py and chat.py read the cache.
 
 Encoders (ENCODERS below):
   huge  the paper's `imagebind_huge` (1024-d). Weights: --checkpoint PATH, or the package downloads

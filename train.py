@@ -50,7 +50,6 @@ class TrainConfig:
     val_data: str = flag("data/toy/val.jsonl", "validation records ('' = no validation)")
     out_dir: str = flag("out/toy", "checkpoint and log.jsonl folder")
     cache_dir: str = flag(".cache/features", "encode.py's feature cache")
-    encoder_checkpoint: str = flag("", "imagebind_huge weights file for encode.py ('' = its default)")
     encode_missing: bool = flag(True, "encode media missing from the cache (rank 0), else print the command")
     bad_records: str = flag("skip", "a line that is not a valid record (data/README.md) or is longer than max_len "
                             "tokens: skip (counted, file:line) or stop", ("skip", "stop"))
@@ -164,7 +163,7 @@ def read_records(path: str, cfg: TrainConfig, master: bool) -> list[tuple[int, d
 
 def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, master: bool, device) -> dict:
     """{media file: ImageBind feature (feat_dim,)} from encode.py's cache, encoding what is missing (rank 0)."""
-    ckpt, where = cfg.encoder_checkpoint or None, {}  # file -> (line, modality) of its first record
+    ckpt, where = acfg.encoder_checkpoint, {}  # file -> (line, modality) of its first record
     for n, rec in records:
         for m in rec.get("media", []):
             file = str(Path(path).parent / m["path"])  # records are valid: a modality and a path
