@@ -42,6 +42,7 @@ class AgentConfig:
     tokenizer: str | None = None  # None: the LLM's own ("tiny" has none and borrows one)
     dtype: str = "float32"  # storage dtype of the frozen LLM ("bfloat16" on GPU); trainable weights stay fp32
     encoder: str = "tiny"  # the encode.py preset whose features P reads
+    encoder_checkpoint: str | None = None  # a local file of that encoder's weights (None: download / built-in)
     feat_dim: int = 512  # = encode.embed_dim(encoder)
     tokens_per_item: int = 1  # K placeholder tokens per media item (official code: 1)
     shared_projector: bool = False  # False: three linear layers, one per modality (paper); True: official code
@@ -330,11 +331,35 @@ class ModaVerse(nn.Module):
         return sd
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]):
+        sd = dict(sd)
+        load_trained_embeddings(self.llm, {k: sd.pop(k) for k in EMBEDDING_KEYS if k in sd})
         unknown = [k for k in sd if not k.startswith(("projector.", "llm."))]
         if unknown:
             raise KeyError(f"adapter has tensors that are neither P nor LoRA: {unknown[:5]}")
         self.projector.load_state_dict({k[len("projector."):]: v for k, v in sd.items() if k.startswith("projector.")})
         load_lora_state_dict(self.llm, {k[len("llm."):]: v for k, v in sd.items() if k.startswith("llm.")})
+
+
+EMBEDDING_KEYS = ("llm.model.embed_tokens.weight", "llm.lm_head.weight")  # only in converted official checkpoints
+
+
+@torch.no_grad()
+def load_trained_embeddings(llm: nn.Module, sd: dict[str, torch.Tensor]):
+    """Whole input-embedding and LM-head matrices, trained by the official code (it adds six tokens, <Media> ...,
+    and trains both: data/official_checkpoint.py converts its release). We never train them, so only a converted
+    adapter holds them; the vocabulary is resized to their rows (the tokenizer is the checkpoint's). Frozen."""
+    if not sd:
+        return
+    if set(sd) != set(EMBEDDING_KEYS):
+        raise KeyError(f"adapter holds {sorted(sd)}: expected both of {EMBEDDING_KEYS}")
+    rows = sd[EMBEDDING_KEYS[0]].shape[0]
+    if rows != llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(rows, mean_resizing=False)  # every row is overwritten below
+    for module, key in ((llm.get_input_embeddings(), EMBEDDING_KEYS[0]), (llm.get_output_embeddings(), EMBEDDING_KEYS[1])):
+        if module.weight.shape != sd[key].shape:
+            raise ValueError(f"{key}: adapter has {tuple(sd[key].shape)}, the LLM {tuple(module.weight.shape)}")
+        module.weight.copy_(sd[key])  # keeps the LLM's dtype
+        module.weight.requires_grad_(False)
 
 
 def save_adapter(model: ModaVerse, out_dir: str):
