@@ -59,6 +59,17 @@ def tiny_llama(vocab_size):
         num_key_value_heads=4, bos_token_id=1, eos_token_id=2))
 
 
+def safety_checker():
+    """Stable Diffusion v1.5's safety checker (a CLIP vision tower + concept embeddings) and its image processor."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    tower = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1)
+    config = transformers.CLIPConfig(text_config=tower, vision_config=tower | dict(image_size=32, patch_size=8),
+                                     projection_dim=16)
+    return {"safety_checker": StableDiffusionSafetyChecker(config),
+            "feature_extractor": transformers.CLIPImageProcessor(crop_size=32, size=32)}
+
+
 @pytest.fixture(scope="module")
 def offline():
     def refuse(*args, **kwargs):
@@ -90,7 +101,10 @@ def paper(tmp_path_factory, offline):
     torch.manual_seed(0)
     torch.save(small_huge().state_dict(), root / "imagebind_huge.pth")
     for model in generate.MODELS:
-        generate._tiny_pipeline(model).save_pretrained(root / model)
+        pipe = generate._tiny_pipeline(model)
+        if model == "text-to-image":  # as in the real folder: with its safety checker and feature extractor
+            pipe = type(pipe)(**pipe.components | safety_checker(), requires_safety_checker=True)
+        pipe.save_pretrained(root / model)
     (root / "data").mkdir()
     colours = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255), "yellow": (255, 220, 0)}
     for name, rgb in colours.items():
