@@ -164,7 +164,11 @@ def load_encoder(encoder: str = "tiny", checkpoint: str | None = None, device: s
     if checkpoint and not os.path.isfile(checkpoint):  # before building (huge: ~1.2B weights) or downloading
         raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
     if cfg.width == 0:  # with a local checkpoint the package downloads nothing (pretrained=False)
-        model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)
+        try:
+            model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)
+        except OSError as e:  # urllib's URLError is one: offline, or the URL moved
+            raise OSError(f"could not download imagebind_huge ({e}): download the file yourself (README) and pass "
+                          "--encoder_checkpoint FILE") from e
     else:
         print(f"encode.py: '{encoder}' is an UNTRAINED ImageBind (random weights, seed {cfg.seed}): "
               "its features carry only what a random network keeps (see README).", file=sys.stderr)
@@ -321,6 +325,8 @@ def main(argv=None):
             print(f"{modality}: {len(x)} files -> {Path(args.cache_dir) / encoder_id(args.encoder, args.encoder_checkpoint)}")
         except EncodeError as e:
             failed.update(e.failures)
+        except OSError as e:  # the encoder's weights: not found, not downloadable
+            raise SystemExit(f"encode.py: {e}") from None
             print(f"{modality}: {len(set(paths)) - len(e.failures)} files encoded, {len(e.failures)} failed")
     for p, why in failed.items():
         print(f"FAILED {p}: {why}", file=sys.stderr)

@@ -4,6 +4,7 @@ replaces the loader by one that fails the test if it is called."""
 import json
 
 import pytest
+import torch
 
 import agent
 import encode
@@ -62,6 +63,20 @@ def test_encode_checks_checkpoint_before_building_the_encoder(tmp_path, monkeypa
                          str(tmp_path / "nope.pth"), "--cache_dir", str(tmp_path / "c")])
     with pytest.raises(FileNotFoundError, match="nope.pth: no such file"):  # the library call, too
         encode.encode_files([tmp_path / "a.png"], "image", "huge", tmp_path / "c", checkpoint=str(tmp_path / "nope.pth"))
+
+
+def test_encode_offline_without_checkpoint_says_what_to_do(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(pretrained):
+        raise urllib.error.URLError("no network")  # what the package's download raises offline
+    monkeypatch.setattr(encode.imagebind_model, "imagebind_huge", offline)
+    monkeypatch.setattr(encode, "preprocess", lambda path, modality: torch.zeros(3, 224, 224))
+    encode.load_encoder.cache_clear()
+    (tmp_path / "a.png").write_bytes(b"png")
+    with pytest.raises(SystemExit, match="could not download imagebind_huge .*--encoder_checkpoint FILE"):
+        encode.main(["--modality", "image", str(tmp_path / "a.png"), "--encoder", "huge", "--cache_dir", str(tmp_path)])
+    encode.load_encoder.cache_clear()
 
 
 def test_generate_checks_files_before_loading_a_pipeline(tmp_path, monkeypatch):
