@@ -355,7 +355,7 @@ def load_trained_embeddings(llm: nn.Module, sd: dict[str, torch.Tensor]):
     rows = sd[EMBEDDING_KEYS[0]].shape[0]
     if rows != llm.get_input_embeddings().weight.shape[0]:
         llm.resize_token_embeddings(rows, mean_resizing=False)  # every row is overwritten below
-    for module, key in ((llm.get_input_embeddings(), EMBEDDING_KEYS[0]), (llm.get_output_embeddings(), EMBEDDING_KEYS[1])):
+    for module, key in zip((llm.get_input_embeddings(), llm.get_output_embeddings()), EMBEDDING_KEYS):
         if module.weight.shape != sd[key].shape:
             raise ValueError(f"{key}: adapter has {tuple(sd[key].shape)}, the LLM {tuple(module.weight.shape)}")
         module.weight.copy_(sd[key])  # keeps the LLM's dtype

@@ -322,7 +322,8 @@ def main(argv=None):
     for modality, paths in groups.items():
         try:
             x = encode_files(paths, modality, **kw)
-            print(f"{modality}: {len(x)} files -> {Path(args.cache_dir) / encoder_id(args.encoder, args.encoder_checkpoint)}")
+            folder = Path(args.cache_dir) / encoder_id(args.encoder, args.encoder_checkpoint)
+            print(f"{modality}: {len(x)} files -> {folder}")
         except EncodeError as e:
             failed.update(e.failures)
         except OSError as e:  # the encoder's weights: not found, not downloadable

@@ -77,8 +77,8 @@ def agent_config(sd: dict, llm: str, tokenizer: str, encoder_checkpoint: str | N
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("official", help="the release's folder (pytorch_model.pt + its tokenizer files)")
     p.add_argument("--llm", required=True, help="the base LLM it was trained on: Vicuna-7B v0 (folder or hub id)")
     p.add_argument("--out", required=True, help="the adapter folder to write")

@@ -26,7 +26,8 @@ def test_train_checks_data_cache_and_checkpoint_before_loading_the_llm(tmp_path,
     with pytest.raises(SystemExit, match="--data .*missing.jsonl: data file not found"):
         train.main([*base, "--data", str(tmp_path / "missing.jsonl"), "--val_data", ""])
     (tmp_path / "a.png").write_bytes(b"png")
-    record = {"id": "r0", "kind": "output", "instruction": "Draw it.", "media": [{"modality": "image", "path": "a.png"}],
+    record = {"id": "r0", "kind": "output", "instruction": "Draw it.",
+              "media": [{"modality": "image", "path": "a.png"}],
               "target": {"response": "Here.", "invocations": [{"model": "text-to-image", "prompt": "a kite"}]}}
     (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
     with pytest.raises(SystemExit, match="not in the feature cache"):  # paper: encode_missing off
@@ -62,7 +63,8 @@ def test_encode_checks_checkpoint_before_building_the_encoder(tmp_path, monkeypa
             encode.main(["--modality", "image", str(tmp_path / "a.png"), "--encoder", "huge", flag,
                          str(tmp_path / "nope.pth"), "--cache_dir", str(tmp_path / "c")])
     with pytest.raises(FileNotFoundError, match="nope.pth: no such file"):  # the library call, too
-        encode.encode_files([tmp_path / "a.png"], "image", "huge", tmp_path / "c", checkpoint=str(tmp_path / "nope.pth"))
+        encode.encode_files([tmp_path / "a.png"], "image", "huge", tmp_path / "c",
+                            checkpoint=str(tmp_path / "nope.pth"))
 
 
 def test_encode_offline_without_checkpoint_says_what_to_do(tmp_path, monkeypatch):

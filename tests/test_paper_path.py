@@ -145,7 +145,8 @@ def test_paper_preset_path_offline_with_local_checkpoints(paper, capsys):
         a, b = (model(ids, media_feats=f[None], media_modalities=["image"]).logits for f in (feat[0], -feat[0]))
     assert not torch.allclose(a, b)
     # generate.py renders through the three local pipelines (text-to-video with DPM-Solver++, as the official code)
-    meta = json.dumps({"response": "Here.", "invocations": [{"model": m, "prompt": "a red kite"} for m in generate.MODELS]})
+    meta = json.dumps({"response": "Here.",
+                       "invocations": [{"model": m, "prompt": "a red kite"} for m in generate.MODELS]})
     generate.main([meta, "--out", str(paper / "gen"), "--dtype", "float32", "--device", "cpu",
                    *[a for m in generate.MODELS for a in (f"--{m}", str(paper / m))],
                    "--image-steps", "2", "--image-size", "32", "--video-steps", "2", "--video-size", "32",
@@ -222,7 +223,8 @@ def test_official_checkpoint_converts_to_the_same_model(paper, tmp_path):
 
 
 def test_converter_refuses_other_layouts(tmp_path):
-    torch.save({"linear_proj.weight": torch.zeros(2, 2), "something.else": torch.zeros(1)}, tmp_path / "pytorch_model.pt")
+    torch.save({"linear_proj.weight": torch.zeros(2, 2), "something.else": torch.zeros(1)},
+               tmp_path / "pytorch_model.pt")
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(SystemExit, match="not the official ModaVerse layout.*something.else"):
         official_checkpoint.main([str(tmp_path), "--llm", "x", "--out", str(tmp_path / "o")])
