@@ -182,18 +182,19 @@ def official_layout(tok, llm, in_dim=1024, r=4, seed=1):
     return sd
 
 
-def test_official_checkpoint_converts_to_the_same_model(paper, tmp_path):
+def test_official_checkpoint_converts_to_the_same_model(tmp_path):
     """data/official_checkpoint.py: the converted adapter's logits equal a hand-written forward of the official
     layout (peft LoRA merged by hand, scaling alpha / r; resized vocabulary with the trained embeddings and head;
     P(x) between the <Media> and </Media> embeddings)."""
     tok = llama_tokenizer()
+    tok.save_pretrained(tmp_path / "7b_v0")  # the base LLM, as Vicuna v0's folder
+    tiny_llama(len(tok)).save_pretrained(tmp_path / "7b_v0")
     tok.add_tokens(["<Media>", "</Media>", "[TEXT]", "[IMAGE]", "[AUDIO]", "[VIDEO]"])  # as the official code
     release = tmp_path / "ModaVerse-7b"
     tok.save_pretrained(release)
-    base = transformers.LlamaForCausalLM.from_pretrained(paper / "llm")
-    sd = official_layout(tok, base)
+    sd = official_layout(tok, tiny_llama(len(tok) - 6))
     torch.save(sd, release / "pytorch_model.pt")
-    official_checkpoint.main([str(release), "--llm", str(paper / "llm"), "--out", str(tmp_path / "conv"),
+    official_checkpoint.main([str(release), "--llm", str(tmp_path / "7b_v0"), "--out", str(tmp_path / "conv"),
                               "--dtype", "float32", "--lora_alpha", "8"])
     model = agent.load_adapter(str(tmp_path / "conv")).eval()
     assert model.cfg.shared_projector and model.cfg.lora_r == 4 and len(model.tokenizer) == len(tok)
