@@ -355,11 +355,35 @@ class ModaVerse(nn.Module):
         return sd
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]):
+        sd = dict(sd)
+        load_trained_embeddings(self.llm, {k: sd.pop(k) for k in EMBEDDING_KEYS if k in sd})
         unknown = [k for k in sd if not k.startswith(("projector.", "llm."))]
         if unknown:
             raise KeyError(f"adapter has tensors that are neither P nor LoRA: {unknown[:5]}")
         self.projector.load_state_dict({k[len("projector."):]: v for k, v in sd.items() if k.startswith("projector.")})
         load_lora_state_dict(self.llm, {k[len("llm."):]: v for k, v in sd.items() if k.startswith("llm.")})
+
+
+EMBEDDING_KEYS = ("llm.model.embed_tokens.weight", "llm.lm_head.weight")  # only in converted official checkpoints
+
+
+@torch.no_grad()
+def load_trained_embeddings(llm: nn.Module, sd: dict[str, torch.Tensor]):
+    """Whole input-embedding and LM-head matrices, trained by the official code (it adds six tokens, <Media> ...,
+    and trains both: data/official_checkpoint.py converts its release). We never train them, so only a converted
+    adapter holds them; the vocabulary is resized to their rows (the tokenizer is the checkpoint's). Frozen."""
+    if not sd:
+        return
+    if set(sd) != set(EMBEDDING_KEYS):
+        raise KeyError(f"adapter holds {sorted(sd)}: expected both of {EMBEDDING_KEYS}")
+    rows = sd[EMBEDDING_KEYS[0]].shape[0]
+    if rows != llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(rows, mean_resizing=False)  # every row is overwritten below
+    for module, key in zip((llm.get_input_embeddings(), llm.get_output_embeddings()), EMBEDDING_KEYS):
+        if module.weight.shape != sd[key].shape:
+            raise ValueError(f"{key}: adapter has {tuple(sd[key].shape)}, the LLM {tuple(module.weight.shape)}")
+        module.weight.copy_(sd[key])  # keeps the LLM's dtype
+        module.weight.requires_grad_(False)
 
 
 def save_adapter(model: ModaVerse, out_dir: str):

@@ -13,9 +13,9 @@ Meta-response formats, first match wins (prose or ```json fences around the JSON
   tuples  Sure! ("text-to-image", "A photo of a cat")              (the paper's notation)
 
 Model zoo (ZooConfig: each checkpoint is a hub id, a local folder, or "tiny"):
-  text-to-image  runwayml/stable-diffusion-v1-5     StableDiffusionPipeline
-  text-to-video  damo-vilab/text-to-video-ms-1.7b   TextToVideoSDPipeline
-  text-to-audio  cvssp/audioldm-l-full              AudioLDMPipeline (the official config's AudioLDM)
+  text-to-image  stable-diffusion-v1-5/stable-diffusion-v1-5  StableDiffusionPipeline (runwayml/... was removed)
+  text-to-video  ali-vilab/text-to-video-ms-1.7b   TextToVideoSDPipeline, DPM-Solver++ as the official code
+  text-to-audio  cvssp/audioldm-l-full             AudioLDMPipeline (the official config's AudioLDM)
   tiny           seeded random pipelines of the same classes, built from configs (tests, offline runs)
 
   python generate.py --zoo tiny --out outputs/ \
@@ -208,8 +208,9 @@ def _opt(default, help: str, **extra):
 
 @dataclass
 class ZooConfig:
-    text_to_image: str = _opt("runwayml/stable-diffusion-v1-5", "checkpoint: hub id, local folder or 'tiny'")
-    text_to_video: str = _opt("damo-vilab/text-to-video-ms-1.7b", "checkpoint: hub id, local folder or 'tiny'")
+    text_to_image: str = _opt("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                              "checkpoint: hub id, local folder or 'tiny'")
+    text_to_video: str = _opt("ali-vilab/text-to-video-ms-1.7b", "checkpoint: hub id, local folder or 'tiny'")
     text_to_audio: str = _opt("cvssp/audioldm-l-full", "checkpoint: hub id, local folder or 'tiny'")
     device: str = _opt("auto", "cuda when available, else cpu")
     dtype: str = _opt("auto", "auto = float16 on GPU (official code), float32 on CPU",
@@ -236,6 +237,10 @@ class ZooConfig:
                     f"a multiple of {k}" if k and v % k else None)
             if must:
                 raise ValueError(f"--{f.name.replace('_', '-')} {v}: must be {must} (paper: {f.default})")
+        for model in MODELS:  # a path (not a hub id) that is not there: said now, not after other pipelines load
+            ckpt = getattr(self, model.replace("-", "_"))
+            if ckpt.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(ckpt)):
+                raise ValueError(f"--{model} {ckpt}: no such folder (a diffusers pipeline saved with save_pretrained)")
 
 
 PRESETS = {
@@ -277,6 +282,10 @@ class ModelZoo:
             except (OSError, ValueError) as e:
                 raise OSError(f"cannot load {model} from {ckpt!r}: {e}\nWithout network or downloaded weights, pass "
                               f"--zoo tiny (random tiny pipelines) or --{model.replace('-', '_')} /local/folder") from e
+            if model == "text-to-video":  # the official code samples ModelScope T2V with DPM-Solver++ (25 steps)
+                from diffusers import DPMSolverMultistepScheduler
+
+                pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=ckpt == "tiny")
         pipe = pipe.to(self.device)  # (tiny pipelines are built in float32; from_pretrained already cast)
         return pipe if pipe.dtype == self.dtype else pipe.to(dtype=self.dtype)
@@ -431,6 +440,7 @@ def generate(meta: MetaResponse | str, out_dir: str, zoo: ModelZoo) -> list[dict
             info["blanked_by_safety_checker"] = bool(zoo.blanked)
         written.append({"file": path.name, "model": inv.model, "prompt": inv.prompt,
                         "checkpoint": zoo.checkpoint(inv.model), "seed": seed, **zoo.settings(inv.model), **info,
+                        "scheduler": type(zoo.pipeline(inv.model).scheduler).__name__,
                         "seconds": round(time.perf_counter() - t0, 3)})
     record = {"response": meta.response, "problems": meta.problems, "outputs": written}
     with _atomic(out / "generated.json") as tmp:  # "replace": a lone surrogate of a hand-built MetaResponse -> "?"

@@ -149,6 +149,11 @@ def config_problems(cfg: TrainConfig, acfg: AgentConfig) -> list[str]:
     for flag_name, folder in (("--out_dir", cfg.out_dir), ("--cache_dir", cfg.cache_dir)):
         if os.path.exists(folder) and not os.path.isdir(folder):
             problems.append(f"{flag_name} {folder}: is a file, not a folder: pass a folder")
+    if acfg.encoder_checkpoint and not os.path.isfile(acfg.encoder_checkpoint):
+        problems.append(f"--encoder_checkpoint {acfg.encoder_checkpoint}: no such file (imagebind_huge.pth: README)")
+    if acfg.encoder not in encode.ENCODERS or acfg.feat_dim != encode.embed_dim(acfg.encoder):
+        problems.append(f"--encoder {acfg.encoder} --feat_dim {acfg.feat_dim}: encoders are {sorted(encode.ENCODERS)}, "
+                        f"and feat_dim must be the encoder's ({encode.ENCODERS.get(acfg.encoder)})")
     return problems
 
 
@@ -174,10 +179,10 @@ def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, mast
     cache = {f: encode.cache_path(f, mod, acfg.encoder, cfg.cache_dir, ckpt) for f, (_, mod) in where.items()}
     missing = [f for f, c in cache.items() if not c.exists()]
     if missing and not cfg.encode_missing:
-        command = f"python encode.py {path} --encoder {acfg.encoder} --cache-dir {cfg.cache_dir}"
+        command = f"python encode.py {path} --encoder {acfg.encoder} --cache_dir {cfg.cache_dir}"
         raise SystemExit(f"{path}:{where[missing[0]][0]}: {missing[0]} (and {len(missing) - 1} more media files) not "
                          f"in the feature cache {cfg.cache_dir}. Encode them first:\n  {command}"
-                         + (f" --checkpoint {ckpt}" if ckpt else ""))
+                         + (f" --encoder_checkpoint {ckpt}" if ckpt else ""))
     error = [None]  # rank 0 encodes; the other workers learn from it whether that worked
     if missing and master:
         try:
@@ -209,10 +214,16 @@ def _outside(path: str, file: str) -> str:
     return f" (this path resolves outside the data folder {folder}: media paths are relative to the .jsonl's folder)"
 
 
-def load_split(path, model: ModaVerse, cfg, acfg, master, device) -> list[dict]:
-    """Records -> examples: token ids + labels (agent.build_example) + their media features, in record order."""
+def read_split(path, cfg, acfg, master, device) -> tuple[list, dict]:
+    """(records, {media file: feature}): every check of a data file (records valid, media there, features cached
+    or encoded), done before the LLM loads, so a missing file is found in seconds, not after loading 7B weights."""
     records = read_records(path, cfg, master)
-    feats = media_features(path, records, cfg, acfg, master, device)
+    return records, media_features(path, records, cfg, acfg, master, device)
+
+
+def load_split(path, model: ModaVerse, cfg, acfg, master, device, split=None) -> list[dict]:
+    """Records -> examples: token ids + labels (agent.build_example) + their media features, in record order."""
+    records, feats = split or read_split(path, cfg, acfg, master, device)
     out, too_long = [], []
     for n, rec in records:
         try:
@@ -381,14 +392,15 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
     rank, local, world, device = setup(cfg)
     master, dt_type = rank == 0, "cuda" if device.startswith("cuda") else "cpu"
     try:
+        splits = {f: read_split(f, cfg, acfg, master, device) for f in (cfg.data, cfg.val_data) if f}  # before loads
         torch.manual_seed(cfg.seed)  # every worker builds the same LoRA A and P
         model = ModaVerse.from_config(acfg).to(device).train()  # from_pretrained returns eval mode: no dropout
         if cfg.grad_checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]  # P + LoRA, frozen rest: before DDP
         assert all(p.dtype == torch.float32 for p in params), "trainable weights must be fp32: see lora.py"
-        data = load_split(cfg.data, model, cfg, acfg, master, device)
-        val = load_split(cfg.val_data, model, cfg, acfg, master, device) if cfg.val_data else []
+        data = load_split(cfg.data, model, cfg, acfg, master, device, splits[cfg.data])
+        val = load_split(cfg.val_data, model, cfg, acfg, master, device, splits[cfg.val_data]) if cfg.val_data else []
         feats, mods = stats_sample(data, cfg.seed, acfg.feat_dim)  # P's standardisation and initial scale
         model.projector.init_to_scale(model.llm.get_input_embeddings().weight.float().std().item(),
                                       torch.from_numpy(feats).to(device), mods)

@@ -101,8 +101,8 @@ def test_encode_refuses_each_bad_file_and_caches_every_good_one(root, tmp_path, 
     assert files_under(root) == before  # the cache is elsewhere: nothing written beside the media
     for argv, message in [(["--modality", "audio", str(media / "nowhere.wav")], "no such file"),
                           (["--modality", "audio", str(media / "good.wav"), "--cache-dir", str(media / "good.png")],
-                           "--cache-dir"), (["--modality", "audio", str(media / "good.wav"), "--batch-size", "0"],
-                                            "--batch-size")]:
+                           "--cache_dir"), (["--modality", "audio", str(media / "good.wav"), "--batch-size", "0"],
+                                            "--batch_size")]:
         with pytest.raises(SystemExit, match=message):
             encode.main(argv)
 
