@@ -138,7 +138,8 @@ LAYOUT = {"i2t": (write_coco, "dataset_coco.json", ""), "t2i": (write_coco, "ann
 
 def run(name, tmp_path, tiny, *extra, judges=True):
     write, annotations, media = LAYOUT[name]
-    write(tmp_path / "data")
+    if not (tmp_path / "data").exists():
+        write(tmp_path / "data")
     argv = [name, str(tmp_path / "data" / annotations), "--media", str(tmp_path / "data" / media), "--adapter",
             tiny[0], "--zoo", "tiny", "--out", str(tmp_path / "out"), "--max_new_tokens", "6", "--no-meteor",
             "--cache_dir", str(tmp_path / "cache"), *extra]
@@ -193,11 +194,13 @@ def test_text_to_x_renders_through_the_agent_and_directly_and_scores(name, tmp_p
 
 
 def test_a_kill_during_generation_then_a_rerun_recomputes_nothing(tmp_path, tiny, monkeypatch):
-    agent, calls, real_call = EchoAgent(), [], generate.ModelZoo.__call__
+    """Killed while rendering the second file; the rerun decodes no reply again and renders only that file. The
+    rerun has no judges' weights: each metric is skipped with the file to fetch and the flag that takes it."""
+    agent, calls, real_call, first = EchoAgent(), [], generate.ModelZoo.__call__, {}
+    monkeypatch.setattr(benchmarks, "load_agent", lambda adapter, device: agent)
 
     class Killed(Exception):
         pass
-    monkeypatch.setattr(benchmarks, "load_agent", lambda adapter, device: agent)
 
     def counted(zoo, model, prompt, seed):
         calls.append((model, prompt, seed))
@@ -205,25 +208,20 @@ def test_a_kill_during_generation_then_a_rerun_recomputes_nothing(tmp_path, tiny
             raise Killed  # the kill: during the second file
         return real_call(zoo, model, prompt, seed)
     monkeypatch.setattr(generate.ModelZoo, "__call__", counted)
-    first = {}
     with pytest.raises(Killed):
-        run("t2i", tmp_path, tiny, "--limit", "2")
+        run("t2i", tmp_path, tiny, "--limit", "2", "--no-direct")
     first.update({p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.png")})
     assert len(first) == 1 and agent.replies == 2 and not list((tmp_path / "out").rglob(".tmp-*"))
     calls.clear()
-    report = benchmarks.main([*(a for a in ["t2i", str(tmp_path / "data/annotations/captions_val2014.json"), "--media",
-                                            str(tmp_path / "data/val2014"), "--adapter", tiny[0], "--zoo", "tiny",
-                                            "--out", str(tmp_path / "out"), "--limit", "2"])], judges=tiny[1])
+    report = run("t2i", tmp_path, tiny, "--limit", "2", "--no-direct", "--inception", str(tmp_path / "none.pth"),
+                 "--clip", str(tmp_path / "no-clip"), judges=False)
     assert agent.replies == 2  # no reply decoded again
-    assert len(calls) == 3 and calls[0] == ("text-to-image", CAPTIONS[1], 1)  # agent route: only the second item
+    assert calls == [("text-to-image", CAPTIONS[1], 1)]  # only the second item's file, with its own seed
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # nothing written is rewritten
-    assert report["rows"]["agent"]["n"] == report["rows"]["direct"]["n"] == "2/2"
-
-
-def test_missing_judges_are_skipped_with_the_file_and_flag(tmp_path, tiny, monkeypatch):
-    monkeypatch.setattr(benchmarks, "load_agent", lambda adapter, device: EchoAgent())
-    report = run("t2a", tmp_path, tiny, "--panns", str(tmp_path / "none.pth"), "--limit", "2", "--no-direct",
-                 judges=False)
     assert report["rows"]["agent"] == {"n": "2/2"}
-    (line,) = report["skipped"]
-    assert "none.pth not found" in line and "Cnn14_16k" in line and "--panns" in line
+    fid, clip = report["skipped"]
+    assert "none.pth not found" in fid and metrics.INCEPTION in fid and "--inception" in fid
+    assert "no-clip" in clip and "--clip" in clip
+    skipped = []
+    assert benchmarks.judge("panns", str(tmp_path / "none.pth"), "cpu", skipped) is None
+    assert "Cnn14_16k" in skipped[0] and "--panns" in skipped[0]
