@@ -153,26 +153,6 @@ def render(items: list[dict], replies: dict[str, str] | None, zoo, folder: str, 
 
 
 # ----------------------------------------------------------------------------- scoring
-def judge(kind: str, given, device: str, skipped: list[str]):
-    """A judge network: the object given (tests), or its weights file / CLIP folder; None (and a skip line) if absent."""
-    if given is not None and not isinstance(given, str):
-        return given
-    if kind == "clip":
-        if metrics.available_locally(given):
-            return metrics.load_clip(given, device)
-        skipped.append(f"CLIPSIM: CLIP {given!r} is neither a folder nor in the Hugging Face cache (--clip)")
-        return None
-    import torch
-
-    name, url, flag = {"inception": (metrics.INCEPTION, metrics.INCEPTION_URL, "--inception"),
-                       "panns": (metrics.PANNS, metrics.PANNS_URL, "--panns")}[kind]
-    path = given or os.path.join(torch.hub.get_dir(), "checkpoints", name)
-    if os.path.isfile(path):
-        return metrics.inception(path) if kind == "inception" else metrics.panns(path)
-    skipped.append(f"{'FID' if kind == 'inception' else 'FD/IS'}: {path} not found: fetch {url} and pass {flag} PATH")
-    return None
-
-
 def score_generated(bench: Benchmark, items, files, judges: dict, device: str) -> dict:
     """FID / CLIPSIM (image, video: frames) or FD / IS (audio) of the generated files against the items' real files."""
     made = [(it, f) for it, f in zip(items, files) if f]
@@ -185,11 +165,7 @@ def score_generated(bench: Benchmark, items, files, judges: dict, device: str) -
             row.update(FD=metrics.feature_distance(g[0], r[0]), IS=metrics.inception_score(g[1]))
         return row
     if judges["inception"] is not None:
-        first = metrics._frames(gen[0])  # the generated size; a real video gives as many frames as a generated one
-        frames = len(first) if bench.modality == "video" else None
-        row["FID"] = metrics.feature_distance(
-            metrics.visual_features(gen, judges["inception"], first[0].shape[0], device=device),
-            metrics.visual_features(real, judges["inception"], first[0].shape[0], frames, device))
+        row["FID"] = metrics.fid(gen, real, judges["inception"], device)
     if judges["clip"] is not None:
         row["CLIPSIM"] = metrics.clipsim([(it["captions"][0], f) for it, f in made], judges["clip"], device)
     return row
@@ -214,8 +190,10 @@ def run(name: str, args, judges: dict | None = None) -> dict:
         import generate
 
         given = judges or {}
-        judges = {k: judge(k, given.get(k, getattr(args, k)), args.device, report["skipped"])
-                  for k in (("panns",) if bench.modality == "audio" else ("inception", "clip"))}
+        judges = {}
+        for kind in ("panns",) if bench.modality == "audio" else ("inception", "clip"):
+            judges[kind], why = metrics.load_judge(kind, given.get(kind, getattr(args, kind)), args.device)
+            report["skipped"] += [why] if why else []
         zoo = generate.ModelZoo(dataclasses.replace(generate.PRESETS[args.zoo], device=args.device))
         instr = T2X_INSTRUCTION[bench.modality]
         replies = answer(model, [(it["id"], instr.format(it["captions"][0].rstrip(". ")), []) for it in items], out, args)
@@ -257,6 +235,9 @@ def format_report(r: dict) -> str:
     for route, row in r["rows"].items():
         lines.append(f"{'ours: ' + route:<28}{row['n']:>10}" + "".join(f"{cell(row.get(c)):>10}" for c in cols))
         lines += [f"  {route}: skipped: {s}" for s in row.get("skipped", [])]
+    s = r["seconds"]
+    lines.append(f"time: {s['agent_and_setup']:.1f} s agent and set-up, {s['render_and_score']:.1f} s rendering and "
+                 f"scoring ({(s['agent_and_setup'] + s['render_and_score']) / r['n']:.2f} s per item, this run)")
     return "\n".join(lines + [f"skipped: {s}" for s in r["skipped"]])
 
 

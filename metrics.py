@@ -1,15 +1,13 @@
-"""The metrics of the paper's tables (Sec. 4.2, Tables 2-7), computed with the code the field reports with:
+"""The metrics of the paper's tables (Sec. 4.2, Tables 2-7), by the code the field reports with:
 
-  text (Tables 3, 5, 7)   BLEU-4, METEOR, CIDEr-D, SPICE by pycocoevalcap (the COCO caption evaluation code);
-                          SPIDEr = (SPICE + CIDEr-D) / 2 (Liu et al. 2017, as the AudioCaps papers report it)
-  image / video FID       torch-fidelity's Inception-v3 (the TF FID network ported bit-exactly, with TF's
-  (Tables 2, 6)           bilinear resize to 299); a video counts as its frames
-  CLIPSIM (Tables 2, 6)   cosine of CLIP's caption and image embeddings (transformers), a video: mean over frames
-  audio FD, IS (Table 4)  AudioLDM's evaluation (audioldm_eval): PANNs CNN14 at 16 kHz, FD on its 2048-d
+  text (Tables 3, 5, 7)   BLEU-4, METEOR, CIDEr-D, SPICE by pycocoevalcap; SPIDEr = (SPICE + CIDEr-D) / 2
+  FID (Tables 2, 6)       torch-fidelity's Inception-v3 (the TF FID network, TF's resize to 299); a video: its frames
+  CLIPSIM (Tables 2, 6)   CLIP cosine of caption and image (transformers); a video: the mean over its frames
+  FD, IS (Table 4)        as AudioLDM's evaluation (audioldm_eval): PANNs CNN14 at 16 kHz, FD on its 2048-d
                           embedding, IS on its logits (torch-fidelity's IS code, which audioldm_eval copies)
 
-Every network is a local file or folder (nothing is downloaded); callers skip a metric whose weights are
-missing with a line that names the file and the flag that takes it. Imported by evaluate.py and benchmarks.py.
+Every network is a local file or folder (nothing is downloaded); a missing one is skipped with a line naming
+the file to fetch and the flag that takes it (load_judge). Imported by evaluate.py and benchmarks.py only.
 """
 import collections
 import os
@@ -20,7 +18,7 @@ import numpy as np
 
 INCEPTION = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's release file
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION}"
-PANNS = "Cnn14_16k_mAP=0.438.pth"  # the checkpoint audioldm_eval loads for 16 kHz audio
+PANNS = "Cnn14_16k_mAP=0.438.pth"  # the checkpoint audioldm_eval loads for 16 kHz audio (panns.py)
 PANNS_URL = "https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth"
 CORENLP = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")  # what SPICE runs on
 CORENLP_URL = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
@@ -166,16 +164,16 @@ def visual_features(paths: list[str], extractor, size: int, frames: int | None =
     return np.concatenate(out)
 
 
-def fid(images: list[str], reference: list[str] | str, inception_net, device: str = "cpu") -> float:
-    """FID of generated images against real ones (a list of files, or a folder of PNG/JPEG); the real ones are
-    squared to the generated size. inception_net: the weights file (inception()) or a feature extractor."""
+def fid(generated: list[str], reference: list[str] | str, extractor, device: str = "cpu") -> float:
+    """FID of generated images or videos against real ones (files, or a folder of PNG/JPEG): every real file is
+    squared to the generated size, and a real video gives as many evenly spaced frames as a generated one has."""
     if isinstance(reference, str):
         reference = sorted(os.path.join(reference, f) for f in os.listdir(reference)
                            if f.lower().endswith((".png", ".jpg", ".jpeg")))
-    net = inception(inception_net) if isinstance(inception_net, str) else inception_net
-    size = _frames(images[0])[0].shape[0] if images else 0
-    return feature_distance(visual_features(images, net, size, device=device),
-                            visual_features(reference, net, size, device=device))
+    first = _frames(generated[0])
+    frames = len(first) if generated[0].lower().endswith(".mp4") else None
+    return feature_distance(visual_features(generated, extractor, first[0].shape[0], device=device),
+                            visual_features(reference, extractor, first[0].shape[0], frames, device))
 
 
 def load_clip(name: str, device: str = "cpu"):
@@ -204,64 +202,31 @@ def clipsim(pairs: list[tuple[str, str]], clip, device: str = "cpu") -> float:
     return sum(sims) / len(sims)
 
 
-def available_locally(name: str) -> bool:
-    """A local folder, or a hub id whose config is already in the Hugging Face cache (nothing is downloaded)."""
-    from huggingface_hub import try_to_load_from_cache
+def load_judge(kind: str, given, device: str = "cpu"):
+    """(network, None), or (None, the line that says which file to fetch and which flag takes it). kind: "inception"
+    (FID), "panns" (FD/IS) or "clip" (CLIPSIM); given: a network object (the tests' tiny ones), a weights file /
+    CLIP folder or hub id already in the local cache, or None for where torch.hub would have saved the file."""
+    import torch
 
-    if os.path.isdir(name) or name.startswith((".", "/")) or name.count("/") != 1:
-        return os.path.isdir(name)
-    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if given is not None and not isinstance(given, str):
+        return given, None
+    if kind == "clip":
+        try:
+            return load_clip(given, device), None
+        except OSError:
+            return None, f"CLIPSIM: CLIP {given!r} is neither a folder nor in the Hugging Face cache (--clip)"
+    name, url = (INCEPTION, INCEPTION_URL) if kind == "inception" else (PANNS, PANNS_URL)
+    path = given or os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    if not os.path.isfile(path):
+        return None, f"{'FID' if kind == 'inception' else 'FD/IS'}: {path} not found: fetch {url} and pass --{kind} PATH"
+    if kind == "panns":
+        from panns import cnn14
+
+        return cnn14(path), None
+    return inception(path), None
 
 
 # ----------------------------------------------------------------------------- audio (FD, IS)
-def panns(checkpoint: str | None = None, widths=(64, 128, 256, 512, 1024, 2048), classes: int = 527, seed: int = 0):
-    """PANNs' CNN14 at 16 kHz (Kong et al. 2020; window 512, hop 160, 64 mel bins, 50-8000 Hz) as audioldm_eval
-    builds it, with the same state-dict keys, so its checkpoint (PANNS) loads strictly. The log-mel front end is
-    torchlibrosa's (PANNs' own); the layers are written here because audioldm_eval does not install (its
-    ssr-eval dependency fails to build) and panns-inference downloads a label file at import. widths: the six
-    conv blocks' channels (the tests pass small ones, with a seeded random initialisation)."""
-    import torch
-    from torch import nn
-    from torchlibrosa.stft import LogmelFilterBank, Spectrogram
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        net = nn.Module()
-        with torch.device("cpu"):  # its DFT and mel matrices come from numpy (also under a meta-device context)
-            net.spectrogram_extractor = Spectrogram(n_fft=512, hop_length=160, win_length=512, freeze_parameters=True)
-            net.logmel_extractor = LogmelFilterBank(sr=16000, n_fft=512, n_mels=64, fmin=50, fmax=8000, top_db=None,
-                                                    freeze_parameters=True)
-        net.bn0 = nn.BatchNorm2d(64)
-        for i, (cin, cout) in enumerate(zip((1, *widths), widths), 1):
-            block = nn.Module()
-            block.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-            block.bn1 = nn.BatchNorm2d(cout)
-            block.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-            block.bn2 = nn.BatchNorm2d(cout)
-            setattr(net, f"conv_block{i}", block)
-        net.fc1 = nn.Linear(widths[-1], widths[-1])
-        net.fc_audioset = nn.Linear(widths[-1], classes)
-    if checkpoint:
-        net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
-    return net.eval()
-
-
-def panns_forward(net, wave):
-    """CNN14's forward in eval mode, (B, samples) at 16 kHz -> (embedding (B, 2048), logits (B, 527))."""
-    import torch.nn.functional as F
-
-    x = net.logmel_extractor(net.spectrogram_extractor(wave))  # (B, 1, T, 64)
-    x = net.bn0(x.transpose(1, 3)).transpose(1, 3)  # batch norm per mel bin
-    for i in range(1, 7):
-        b = getattr(net, f"conv_block{i}")
-        x = F.relu(b.bn2(b.conv2(F.relu(b.bn1(b.conv1(x))))))
-        x = F.avg_pool2d(x, (2, 2) if i < 6 else (1, 1))  # (B, C, T', F')
-    x = x.mean(3)  # (B, C, T'): average over frequency
-    x = x.max(2).values + x.mean(2)  # (B, C): max + mean over time
-    embedding = F.relu(net.fc1(x))  # audioldm_eval's "2048" feature
-    return embedding, net.fc_audioset(embedding)
-
-
 def audio_features(paths: list[str], net, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, logits) of WAV files read as audioldm_eval's WaveDataset reads them: first channel, mean
     removed, resampled to 16 kHz (torchaudio), zero-padded to 2 s; one file at a time (lengths differ)."""
@@ -270,6 +235,8 @@ def audio_features(paths: list[str], net, device: str = "cpu") -> tuple[np.ndarr
     import torch.nn.functional as F
     import torchaudio.functional as AF
 
+    from panns import cnn14_forward
+
     net, embs, logits = net.eval().to(device), [], []
     for path in paths:
         x, rate = soundfile.read(path, dtype="float32", always_2d=True)
@@ -277,7 +244,7 @@ def audio_features(paths: list[str], net, device: str = "cpu") -> tuple[np.ndarr
         wave = AF.resample(wave, rate, 16000) if rate != 16000 else wave
         wave = F.pad(wave, (0, max(0, 32000 - len(wave))))[None].to(device)  # (1, samples)
         with torch.no_grad():
-            e, lg = panns_forward(net, wave)
+            e, lg = cnn14_forward(net, wave)
         embs.append(e.double().cpu().numpy())
         logits.append(lg.double().cpu().numpy())
     return np.concatenate(embs), np.concatenate(logits)
@@ -299,32 +266,24 @@ def generation_metrics(dirs: list[str], clip: str = "openai/clip-vit-base-patch3
     weights are local files (nothing is downloaded); what cannot run is listed under "skipped" with why."""
     import json
 
-    import torch
-
     outputs = []
     for d in dirs:
         with open(os.path.join(d, "generated.json"), encoding="utf-8") as f:
             outputs += [{**o, "path": os.path.join(d, o["file"])} for o in json.load(f)["outputs"]]
     report, skipped = {"n": dict(collections.Counter(o["model"] for o in outputs))}, []
-    if available_locally(clip):
-        model = load_clip(clip, device)
-        for m in ("text-to-image", "text-to-video"):
-            pairs = [(o["prompt"], o["path"]) for o in outputs if o["model"] == m]
-            if pairs:
-                report[f"CLIPSIM/{m}"] = clipsim(pairs, model, device)
-    else:
-        skipped.append(f"CLIPSIM: CLIP weights {clip!r} are neither a folder nor in the Hugging Face cache (--clip)")
-    inception_weights = inception_weights or os.path.join(torch.hub.get_dir(), "checkpoints", INCEPTION)
+    model, why = load_judge("clip", clip, device)
+    for m in ("text-to-image", "text-to-video") if model else ():
+        if pairs := [(o["prompt"], o["path"]) for o in outputs if o["model"] == m]:
+            report[f"CLIPSIM/{m}"] = clipsim(pairs, model, device)
     images = [o["path"] for o in outputs if o["model"] == "text-to-image"]
-    if not fid_reference:
-        skipped.append("FID: no --fid_reference folder of real images")
-    elif not os.path.isfile(inception_weights):
-        skipped.append(f"FID: Inception weights not found at {inception_weights}: fetch {INCEPTION_URL} "
-                       "and pass --inception PATH")
-    elif len(images) < 2:
-        skipped.append("FID: needs at least 2 generated images")
-    else:
-        report["FID/text-to-image"] = fid(images, fid_reference, inception_weights, device)
+    net, why_fid = None, "FID: no --fid_reference folder of real images"
+    if fid_reference:
+        net, why_fid = load_judge("inception", inception_weights, device)
+    if net and len(images) < 2:
+        why_fid = "FID: needs at least 2 generated images"
+    elif net:
+        report["FID/text-to-image"] = fid(images, fid_reference, net, device)
+    skipped += [w for w in (why, why_fid) if w]
     if any(o["model"] == "text-to-audio" for o in outputs):
         skipped.append("FD/IS (audio): need real audio to compare with: benchmarks.py t2a")
     return {**report, "skipped": skipped}

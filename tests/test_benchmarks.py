@@ -14,6 +14,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 import benchmarks
 import generate
 import metrics
+import panns
 from agent import PRESETS, ModaVerse, save_adapter
 
 CAPTIONS = ["a red ball on grass", "a blue car in the rain", "a green bird on a branch"]
@@ -68,7 +69,7 @@ def tiny(tmp_path_factory):
     processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
                               generate._clip_tokenizer())
     judges = {"inception": TinyInception(), "clip": (clip, processor),
-              "panns": metrics.panns(widths=(4, 4, 8, 8, 8, 8), classes=5)}
+              "panns": panns.cnn14(widths=(4, 4, 8, 8, 8, 8), classes=5)}
     return str(root / "adapter"), judges
 
 
@@ -222,6 +223,5 @@ def test_a_kill_during_generation_then_a_rerun_recomputes_nothing(tmp_path, tiny
     fid, clip = report["skipped"]
     assert "none.pth not found" in fid and metrics.INCEPTION in fid and "--inception" in fid
     assert "no-clip" in clip and "--clip" in clip
-    skipped = []
-    assert benchmarks.judge("panns", str(tmp_path / "none.pth"), "cpu", skipped) is None
-    assert "Cnn14_16k" in skipped[0] and "--panns" in skipped[0]
+    net, why = metrics.load_judge("panns", str(tmp_path / "none.pth"))
+    assert net is None and "Cnn14_16k" in why and "--panns" in why

@@ -10,6 +10,7 @@ import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 import metrics
+import panns
 from metrics import caption_metrics
 
 
@@ -139,7 +140,7 @@ def test_panns_cnn14_has_the_checkpoint_keys_and_size():
     """The state-dict keys the PANNs checkpoints carry (so Cnn14_16k_mAP=0.438.pth loads strictly) and the
     parameter count PANNs reports for CNN14, 80,753,615 (front end excluded: its STFT and mel weights are frozen)."""
     with torch.device("meta"):
-        net = metrics.panns()
+        net = panns.cnn14()
     keys = set(net.state_dict())
     assert {"spectrogram_extractor.stft.conv_real.weight", "logmel_extractor.melW", "bn0.running_var",
             "conv_block1.conv1.weight", "conv_block6.bn2.num_batches_tracked", "fc1.bias", "fc_audioset.weight"} <= keys
@@ -152,7 +153,7 @@ def test_audio_features_read_wavs_as_audioldm_eval(tmp_path):
     the features of the 16 kHz mono signal (up to the resampler's error); a short file equals its padded self."""
     import soundfile as sf
 
-    net = metrics.panns(widths=(4, 4, 8, 8, 8, 8), classes=5)
+    net = panns.cnn14(widths=(4, 4, 8, 8, 8, 8), classes=5)
     t = np.arange(32000) / 32000
     tone = 0.3 * np.sin(2 * np.pi * 440 * t)
     sf.write(tmp_path / "stereo32k.wav", np.stack([tone + 0.1, -tone], 1), 32000, subtype="FLOAT")
@@ -192,3 +193,20 @@ def test_spice_skips_with_the_files_to_fetch(tmp_path, monkeypatch):
         (corenlp / jar).write_bytes(b"jar")
     assert metrics.spice_ready(str(corenlp)) in (None, "SPICE/SPIDEr: `java` not found (apt-get install default-jre)")
     assert all((lib / "lib" / jar).read_bytes() == b"jar" for jar in metrics.CORENLP)  # copied where SPICE looks
+
+
+def test_imports_flow_one_way():
+    """STYLE rule 13: evaluate / benchmarks / metrics sit on top: no stage or data/ tool imports them, and metrics
+    imports no stage (so a student can swap a stage without touching the metrics)."""
+    import ast
+    from pathlib import Path
+
+    def imported(path):
+        tree = ast.parse(Path(path).read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return names | {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    stages = ["agent.py", "encode.py", "generate.py", "lora.py", "project.py", "train.py", "probe.py",
+              *map(str, Path("data").glob("*.py"))]
+    for path in stages:
+        assert not imported(path) & {"metrics", "benchmarks", "evaluate"}, path
+    assert not imported("metrics.py") & ({Path(s).stem for s in stages} | {"data", "evaluate", "benchmarks"})
