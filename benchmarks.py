@@ -177,6 +177,13 @@ def run(name: str, args, judges: dict | None = None) -> dict:
 
     bench, out, t0 = BENCHMARKS[name], args.out or os.path.join("out", "bench", name), time.perf_counter()
     os.makedirs(out, exist_ok=True)
+    setup = {"benchmark": name, "adapter": os.path.abspath(args.adapter), "zoo": args.zoo}
+    if os.path.isfile(os.path.join(out, "run.json")):  # resuming: the replies and files must be of this set-up
+        with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
+            if (before := json.load(f)) != setup:
+                raise DataError(f"{out} holds a run of {before}, not {setup}: pass another --out or delete it")
+    with open(os.path.join(out, "run.json"), "w", encoding="utf-8") as f:
+        json.dump(setup, f)
     items, missing = read_items(name, args.annotations, args.media, args.media_pattern)
     items = items[:args.limit]
     report = {"benchmark": name, "table": bench.table, "task": bench.task, "data": bench.data, "n": len(items),
@@ -196,7 +203,9 @@ def run(name: str, args, judges: dict | None = None) -> dict:
             report["skipped"] += [why] if why else []
         zoo = generate.ModelZoo(dataclasses.replace(generate.PRESETS[args.zoo], device=args.device))
         instr = T2X_INSTRUCTION[bench.modality]
-        replies = answer(model, [(it["id"], instr.format(it["captions"][0].rstrip(". ")), []) for it in items], out, args)
+        captions = [it["captions"][0].rstrip(". ") for it in items]  # "A dog runs." -> "... of a dog runs."
+        replies = answer(model, [(it["id"], instr.format(c[:1].lower() + c[1:]), []) for it, c in zip(items, captions)],
+                         out, args)
         t1 = time.perf_counter()
         for route, given_replies in (("agent", replies), ("direct", None))[:2 if args.direct else 1]:
             files = render(items, given_replies, zoo, os.path.join(out, route), bench.modality)

@@ -3,6 +3,7 @@ layout (COCO captions + val2014/, Karpathy's dataset_coco.json, AudioCaps test.c
 test_videodatainfo.json + MP4s), with the tiny agent, the tiny zoo and tiny random judges passed where the real
 networks go; and a kill during generation followed by a rerun that recomputes nothing already written."""
 import csv
+import functools
 import json
 import re
 
@@ -70,7 +71,9 @@ def tiny(tmp_path_factory):
                               generate._clip_tokenizer())
     judges = {"inception": TinyInception(), "clip": (clip, processor),
               "panns": panns.cnn14(widths=(4, 4, 8, 8, 8, 8), classes=5)}
-    return str(root / "adapter"), judges
+    with pytest.MonkeyPatch.context() as mp:  # the seeded tiny pipelines are built once for the module's runs
+        mp.setattr(generate, "_tiny_pipeline", functools.lru_cache(generate._tiny_pipeline))
+        yield str(root / "adapter"), judges
 
 
 def write_coco(root):
@@ -223,5 +226,7 @@ def test_a_kill_during_generation_then_a_rerun_recomputes_nothing(tmp_path, tiny
     fid, clip = report["skipped"]
     assert "none.pth not found" in fid and metrics.INCEPTION in fid and "--inception" in fid
     assert "no-clip" in clip and "--clip" in clip
+    with pytest.raises(SystemExit, match="holds a run of"):  # the same --out with another adapter: refused
+        run("t2i", tmp_path, tiny, "--limit", "2", "--no-direct", "--adapter", str(tmp_path))
     net, why = metrics.load_judge("panns", str(tmp_path / "none.pth"))
     assert net is None and "Cnn14_16k" in why and "--panns" in why
