@@ -2,11 +2,12 @@
 
 ModaVerse feeds every input medium through a frozen ImageBind encoder (Girdhar et al. 2023) and then
 through a trainable linear projector (project.py). The encoder never changes during training, so we
-run it once per file and cache its embedding; train.py and agent.py read the cache.
+run it once per file and cache its embedding; train.py and chat.py read the cache.
 
 Encoders (ENCODERS below):
-  huge  the paper's `imagebind_huge` (1024-d). Weights: --checkpoint PATH, or the package downloads
-        them to .checkpoints/imagebind_huge.pth on first use (needs internet).
+  huge  the paper's `imagebind_huge` (1024-d). Weights: --encoder_checkpoint FILE (nothing is downloaded), or
+        the package downloads them to .checkpoints/imagebind_huge.pth on first use (needs internet):
+        https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth (CC BY-NC-SA 4.0: non-commercial)
   toy   a random, seeded 256-wide ImageBind (512-d): the offline demo. NOT a trained encoder.
   tiny  a random, seeded 64-wide ImageBind (512-d): the tests.
 
@@ -18,6 +19,7 @@ encoder never returns a stale embedding. Each .npy is written to a temp file and
   python encode.py --modality image cat.png dog.png --encoder huge          # a list of files
   python probe.py data/toy/media.jsonl --encoder toy                        # what the features carry
   python encode.py --encoder huge --device cuda data/train.jsonl            # on a GPU
+  python encode.py --encoder huge --encoder_checkpoint .checkpoints/imagebind_huge.pth data/train.jsonl
 """
 import argparse
 import contextlib
@@ -159,10 +161,14 @@ def encoder_id(encoder: str, checkpoint: str | None = None) -> str:
 @functools.lru_cache(maxsize=2)
 def load_encoder(encoder: str = "tiny", checkpoint: str | None = None, device: str = "cpu"):
     cfg = ENCODERS[encoder]
-    if cfg.width == 0:
-        model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)
-        if checkpoint:
-            model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    if checkpoint and not os.path.isfile(checkpoint):  # before building (huge: ~1.2B weights) or downloading
+        raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
+    if cfg.width == 0:  # with a local checkpoint the package downloads nothing (pretrained=False)
+        try:
+            model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)
+        except OSError as e:  # urllib's URLError is one: offline, or the URL moved
+            raise OSError(f"could not download imagebind_huge ({e}): download the file yourself (README) and pass "
+                          "--encoder_checkpoint FILE") from e
     else:
         print(f"encode.py: '{encoder}' is an UNTRAINED ImageBind (random weights, seed {cfg.seed}): "
               "its features carry only what a random network keeps (see README).", file=sys.stderr)
@@ -175,6 +181,8 @@ def load_encoder(encoder: str = "tiny", checkpoint: str | None = None, device: s
                 text_num_blocks=b, text_num_heads=h, depth_embed_dim=w, depth_num_blocks=1,
                 depth_num_heads=h, thermal_embed_dim=w, thermal_num_blocks=1, thermal_num_heads=h,
                 imu_embed_dim=w, imu_num_blocks=1, imu_num_heads=h)
+    if checkpoint:  # tensors only (weights_only): a .pth from the internet runs no code
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     return model.eval().requires_grad_(False).to(device)
 
 
@@ -219,6 +227,8 @@ def encode_files(paths, modality: str, encoder: str = "tiny", cache_dir=".cache/
     """
     if modality not in MODALITIES or batch_size < 1:
         raise ValueError(f"modality {modality!r} (one of {MODALITIES}), batch_size {batch_size} (at least 1)")
+    if checkpoint and not os.path.isfile(checkpoint):  # else every file would fail with "cannot read"
+        raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
     paths = [str(p) for p in paths]
     failures, targets, todo = {}, {}, []
     for p in dict.fromkeys(paths):  # each distinct file once
@@ -285,21 +295,25 @@ def main(argv=None):
     ap.add_argument("inputs", nargs="*", help="JSON Lines data files (or media files with --modality)")
     ap.add_argument("--modality", choices=MODALITIES, help="treat inputs as media files of this modality")
     ap.add_argument("--encoder", choices=sorted(ENCODERS), default="toy", help="which ImageBind (default: toy)")
-    ap.add_argument("--checkpoint", help="local imagebind_huge .pth file (encoder huge)")
-    ap.add_argument("--cache-dir", default=".cache/features", help="where the .npy embeddings go")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--encoder_checkpoint", "--checkpoint", metavar="FILE",
+                    help="a local file of the encoder's weights (huge: imagebind_huge.pth; nothing is downloaded)")
+    ap.add_argument("--cache_dir", "--cache-dir", default=".cache/features", help="where the .npy embeddings go")
+    ap.add_argument("--batch_size", "--batch-size", type=int, default=32, help="files per forward pass")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
-        raise SystemExit(f"encode.py: --batch-size must be at least 1 (got {args.batch_size})")
+        raise SystemExit(f"encode.py: --batch_size must be at least 1 (got {args.batch_size})")
+    if args.encoder_checkpoint and not os.path.isfile(args.encoder_checkpoint):
+        raise SystemExit(f"encode.py: --encoder_checkpoint {args.encoder_checkpoint}: no such file; give the path of "
+                         "the downloaded weights (imagebind_huge.pth)")
     missing = [p for p in args.inputs if not os.path.isfile(p)]
     if missing:
         raise SystemExit(f"encode.py: no such file: {', '.join(missing)}; check the path")
     try:
         Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SystemExit(f"encode.py: --cache-dir {args.cache_dir}: not a folder ({e.strerror}); give a folder path")
-    kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.checkpoint,
+        raise SystemExit(f"encode.py: --cache_dir {args.cache_dir}: not a folder ({e.strerror}); give a folder path")
+    kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.encoder_checkpoint,
               batch_size=args.batch_size, device=args.device)
     if not args.inputs:
         ap.error("give data files, or media files with --modality")
@@ -308,9 +322,12 @@ def main(argv=None):
     for modality, paths in groups.items():
         try:
             x = encode_files(paths, modality, **kw)
-            print(f"{modality}: {len(x)} files -> {Path(args.cache_dir) / encoder_id(args.encoder, args.checkpoint)}")
+            folder = Path(args.cache_dir) / encoder_id(args.encoder, args.encoder_checkpoint)
+            print(f"{modality}: {len(x)} files -> {folder}")
         except EncodeError as e:
             failed.update(e.failures)
+        except OSError as e:  # the encoder's weights: not found, not downloadable
+            raise SystemExit(f"encode.py: {e}") from None
             print(f"{modality}: {len(set(paths)) - len(e.failures)} files encoded, {len(e.failures)} failed")
     for p, why in failed.items():
         print(f"FAILED {p}: {why}", file=sys.stderr)

@@ -34,7 +34,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import encode
-from agent import IGNORE, PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, format_meta_response, save_adapter
+from agent import (IGNORE, PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, chat_request, format_meta_response,
+                   save_adapter)
 from data.records import DataError, read_valid  # the data format's one validator (data/README.md)
 
 
@@ -49,7 +50,6 @@ class TrainConfig:
     val_data: str = flag("data/toy/val.jsonl", "validation records ('' = no validation)")
     out_dir: str = flag("out/toy", "checkpoint and log.jsonl folder")
     cache_dir: str = flag(".cache/features", "encode.py's feature cache")
-    encoder_checkpoint: str = flag("", "imagebind_huge weights file for encode.py ('' = its default)")
     encode_missing: bool = flag(True, "encode media missing from the cache (rank 0), else print the command")
     bad_records: str = flag("skip", "a line that is not a valid record (data/README.md) or is longer than max_len "
                             "tokens: skip (counted, file:line) or stop", ("skip", "stop"))
@@ -58,6 +58,8 @@ class TrainConfig:
     batch_size: int = flag(8, "records per optimizer step, summed over workers and micro-steps")
     micro_batch: int = flag(8, "records per forward/backward on a worker; gradient accumulation does the rest")
     lr: float = flag(1e-3, "peak learning rate (AdamW)")
+    projector_lr: float = flag(1.0, "P's learning rate as a fraction of --lr (P starts at the LLM's token scale, "
+                                    "see project.init_to_scale; at the LoRA's rate it outgrows it within steps)")
     min_lr_frac: float = flag(0.1, "final learning rate of the cosine, as a fraction of lr")
     warmup_frac: float = flag(0.05, "linear warmup, as a fraction of the steps")
     weight_decay: float = flag(0.0, "AdamW weight decay")
@@ -135,6 +137,7 @@ def config_problems(cfg: TrainConfig, acfg: AgentConfig) -> list[str]:
     """What makes no sense in a configuration, checked before anything is loaded."""
     checks = [(cfg.gpus >= 1, f"--gpus {cfg.gpus}: at least 1 worker"),
               (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: a learning rate must be positive"),
+              (cfg.projector_lr > 0 and math.isfinite(cfg.projector_lr), "--projector_lr: must be positive"),
               (min(cfg.epochs, cfg.batch_size, cfg.micro_batch) >= 1, "--epochs, --batch_size, --micro_batch: >= 1"),
               (min(cfg.max_steps, cfg.eval_every, cfg.save_every, cfg.val_max, cfg.val_respond, cfg.stop_after,
                    cfg.weight_decay, cfg.grad_clip) >= 0, "--max_steps, --eval_every, --save_every, --val_max, "
@@ -146,6 +149,11 @@ def config_problems(cfg: TrainConfig, acfg: AgentConfig) -> list[str]:
     for flag_name, folder in (("--out_dir", cfg.out_dir), ("--cache_dir", cfg.cache_dir)):
         if os.path.exists(folder) and not os.path.isdir(folder):
             problems.append(f"{flag_name} {folder}: is a file, not a folder: pass a folder")
+    if acfg.encoder_checkpoint and not os.path.isfile(acfg.encoder_checkpoint):
+        problems.append(f"--encoder_checkpoint {acfg.encoder_checkpoint}: no such file (imagebind_huge.pth: README)")
+    if acfg.encoder not in encode.ENCODERS or acfg.feat_dim != encode.embed_dim(acfg.encoder):
+        problems.append(f"--encoder {acfg.encoder} --feat_dim {acfg.feat_dim}: encoders are {sorted(encode.ENCODERS)}, "
+                        f"and feat_dim must be the encoder's ({encode.ENCODERS.get(acfg.encoder)})")
     return problems
 
 
@@ -160,7 +168,7 @@ def read_records(path: str, cfg: TrainConfig, master: bool) -> list[tuple[int, d
 
 def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, master: bool, device) -> dict:
     """{media file: ImageBind feature (feat_dim,)} from encode.py's cache, encoding what is missing (rank 0)."""
-    ckpt, where = cfg.encoder_checkpoint or None, {}  # file -> (line, modality) of its first record
+    ckpt, where = acfg.encoder_checkpoint, {}  # file -> (line, modality) of its first record
     for n, rec in records:
         for m in rec.get("media", []):
             file = str(Path(path).parent / m["path"])  # records are valid: a modality and a path
@@ -171,10 +179,10 @@ def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, mast
     cache = {f: encode.cache_path(f, mod, acfg.encoder, cfg.cache_dir, ckpt) for f, (_, mod) in where.items()}
     missing = [f for f, c in cache.items() if not c.exists()]
     if missing and not cfg.encode_missing:
-        command = f"python encode.py {path} --encoder {acfg.encoder} --cache-dir {cfg.cache_dir}"
+        command = f"python encode.py {path} --encoder {acfg.encoder} --cache_dir {cfg.cache_dir}"
         raise SystemExit(f"{path}:{where[missing[0]][0]}: {missing[0]} (and {len(missing) - 1} more media files) not "
                          f"in the feature cache {cfg.cache_dir}. Encode them first:\n  {command}"
-                         + (f" --checkpoint {ckpt}" if ckpt else ""))
+                         + (f" --encoder_checkpoint {ckpt}" if ckpt else ""))
     error = [None]  # rank 0 encodes; the other workers learn from it whether that worked
     if missing and master:
         try:
@@ -206,10 +214,16 @@ def _outside(path: str, file: str) -> str:
     return f" (this path resolves outside the data folder {folder}: media paths are relative to the .jsonl's folder)"
 
 
-def load_split(path, model: ModaVerse, cfg, acfg, master, device) -> list[dict]:
-    """Records -> examples: token ids + labels (agent.build_example) + their media features, in record order."""
+def read_split(path, cfg, acfg, master, device) -> tuple[list, dict]:
+    """(records, {media file: feature}): every check of a data file (records valid, media there, features cached
+    or encoded), done before the LLM loads, so a missing file is found in seconds, not after loading 7B weights."""
     records = read_records(path, cfg, master)
-    feats = media_features(path, records, cfg, acfg, master, device)
+    return records, media_features(path, records, cfg, acfg, master, device)
+
+
+def load_split(path, model: ModaVerse, cfg, acfg, master, device, split=None) -> list[dict]:
+    """Records -> examples: token ids + labels (agent.build_example) + their media features, in record order."""
+    records, feats = split or read_split(path, cfg, acfg, master, device)
     out, too_long = [], []
     for n, rec in records:
         try:
@@ -286,7 +300,7 @@ def evaluate(model: ModaVerse, val: list[dict], cfg: TrainConfig, ctx, device) -
         loss_sum, n_tok = loss_sum + loss.item() * k, n_tok + k
     asked = val[:cfg.val_respond]
     with ctx:  # batched greedy decoding, the same text as one at a time; budget: the target's length + 8 tokens
-        texts = model.respond_batch([(e["record"]["instruction"], list(zip(e["modalities"], e["feats"])))
+        texts = model.respond_batch([chat_request(e["record"], list(zip(e["modalities"], e["feats"])))
                                      for e in asked], [e["n_sup"] + 8 for e in asked], batch_size=cfg.micro_batch)
     hits = sum(text == format_meta_response(e["record"]["target"]) for text, e in zip(texts, asked))
     model.train()
@@ -378,14 +392,15 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
     rank, local, world, device = setup(cfg)
     master, dt_type = rank == 0, "cuda" if device.startswith("cuda") else "cpu"
     try:
+        splits = {f: read_split(f, cfg, acfg, master, device) for f in (cfg.data, cfg.val_data) if f}  # before loads
         torch.manual_seed(cfg.seed)  # every worker builds the same LoRA A and P
         model = ModaVerse.from_config(acfg).to(device).train()  # from_pretrained returns eval mode: no dropout
         if cfg.grad_checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]  # P + LoRA, frozen rest: before DDP
         assert all(p.dtype == torch.float32 for p in params), "trainable weights must be fp32: see lora.py"
-        data = load_split(cfg.data, model, cfg, acfg, master, device)
-        val = load_split(cfg.val_data, model, cfg, acfg, master, device) if cfg.val_data else []
+        data = load_split(cfg.data, model, cfg, acfg, master, device, splits[cfg.data])
+        val = load_split(cfg.val_data, model, cfg, acfg, master, device, splits[cfg.val_data]) if cfg.val_data else []
         feats, mods = stats_sample(data, cfg.seed, acfg.feat_dim)  # P's standardisation and initial scale
         model.projector.init_to_scale(model.llm.get_input_embeddings().weight.float().std().item(),
                                       torch.from_numpy(feats).to(device), mods)
@@ -400,7 +415,10 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # fp16: GradScaler vs underflow
         ctx = torch.autocast(dt_type, dtype=ptdtype, enabled=ptdtype != torch.float32)
         scaler = torch.amp.GradScaler(dt_type, enabled=ptdtype == torch.float16)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        groups = [{"params": [p for p in raw_model.projector.parameters() if p.requires_grad], "scale": cfg.projector_lr},
+                  {"params": [p for p in raw_model.llm.parameters() if p.requires_grad], "scale": 1.0}]  # P, LoRA
+        assert sum(len(g["params"]) for g in groups) == len(params), "a trainable tensor outside P and the LLM"
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         per_epoch = math.ceil(len(data) / cfg.batch_size)
         total = cfg.max_steps or cfg.epochs * per_epoch
         for seed_fn in (torch.manual_seed, np.random.seed, random.seed):  # each worker its own dropout masks
@@ -430,7 +448,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             micro = [mine[i:i + cfg.micro_batch] for i in range(0, len(mine), cfg.micro_batch)]
             lr = get_lr(step, total, cfg)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["scale"]
             loss_sum = torch.zeros((), device=device)
             for k, chunk in enumerate(micro):
                 if world > 1:  # all-reduce the gradients once, on the last micro-step (as nanoGPT)
