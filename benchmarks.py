@@ -216,8 +216,17 @@ def run(name: str, args, judges: dict | None = None) -> dict:
     else:
         import encode
 
-        feats = encode.encode_files([it["path"] for it in items], bench.modality, model.cfg.encoder, args.cache_dir,
-                                    args.encoder_checkpoint, device=args.device, progress=False)
+        encode_items = lambda: encode.encode_files([it["path"] for it in items], bench.modality, model.cfg.encoder,  # noqa: E731
+                                                   args.cache_dir, args.encoder_checkpoint or model.cfg.encoder_checkpoint,
+                                                   device=args.device,
+                                                   progress=False)
+        try:
+            feats = encode_items()
+        except encode.EncodeError as e:  # broken files of a real download: named, left out; the rest are cached
+            print(f"left out: {e}", file=sys.stderr)
+            items = [it for it in items if it["path"] not in e.failures]
+            feats = encode_items()
+        report["n"] = len(items)
         instr = CAPTION_INSTRUCTION[bench.modality]
         replies = answer(model, [(it["id"], instr, [(bench.modality, f)]) for it, f in zip(items, feats)], out, args)
         t1 = time.perf_counter()
@@ -269,7 +278,7 @@ def main(argv=None, judges: dict | None = None):
     p.add_argument("--max_new_tokens", type=int, default=256, help="longest reply")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--cache_dir", default=".cache/features", help="encode.py's feature cache")
-    p.add_argument("--encoder_checkpoint", help="ImageBind weights for encode.py (default: its preset's)")
+    p.add_argument("--encoder_checkpoint", help="ImageBind weights for encode.py (default: the adapter's)")
     p.add_argument("--inception", help=f"FID: a local copy of {metrics.INCEPTION_URL}")
     p.add_argument("--panns", help=f"FD/IS: a local copy of {metrics.PANNS_URL.replace('%', '%%')}")
     p.add_argument("--clip", default="openai/clip-vit-base-patch32", help="CLIPSIM: a CLIP folder or cached hub id")

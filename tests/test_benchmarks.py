@@ -230,3 +230,17 @@ def test_a_kill_during_generation_then_a_rerun_recomputes_nothing(tmp_path, tiny
         run("t2i", tmp_path, tiny, "--limit", "2", "--no-direct", "--adapter", str(tmp_path))
     net, why = metrics.load_judge("panns", str(tmp_path / "none.pth"))
     assert net is None and "Cnn14_16k" in why and "--panns" in why
+
+
+def test_a_broken_media_file_is_named_and_left_out(tmp_path, tiny, capsys, monkeypatch):
+    """Real downloads hold broken files (AudioCaps comes from YouTube): the item is named and left out, the rest
+    is scored; an item whose file is missing is counted."""
+    monkeypatch.setattr(metrics.shutil, "which", lambda cmd: None)
+    write_audiocaps(tmp_path / "data")
+    with open(tmp_path / "data" / "test.csv", "a", newline="") as f:
+        csv.writer(f).writerows([[90, "ytbad", 0, "a broken clip"], [91, "ytgone", 0, "a missing clip"]])
+    (tmp_path / "data" / "test" / "ytbad.wav").write_bytes(b"RIFF\x00\x00not a wav")
+    report = run("a2t", tmp_path, tiny)
+    assert report["n"] == 3 and report["missing_media"] == 1 and report["rows"]["agent"]["n"] == "3/3"
+    err = capsys.readouterr().err
+    assert "ytbad.wav" in err and "ytgone.wav" in err
