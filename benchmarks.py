@@ -24,7 +24,9 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
+import generate
 import metrics
 from data.convert import CAPTION_INSTRUCTION, DEFAULT_PATTERN, read_audiocaps, read_coco, read_msrvtt
 from data.records import DataError, append_jsonl, json_lines
@@ -82,7 +84,8 @@ def read_items(name: str, annotations: str, media: str, pattern: str | None = No
         read = {"image": lambda: read_coco(annotations), "audio": lambda: read_audiocaps(annotations, pattern),
                 "video": lambda: read_msrvtt(annotations, pattern)}[modality]
         # MSR-VTT's files carry every split: keep "test" (its test_videodatainfo.json holds only those)
-        rows = ((w, r["media"][0]["path"], r["target"]["response"]) for w, r in read() if r.get("split", "test") == "test")
+        rows = ((w, r["media"][0]["path"], r["target"]["response"]) for w, r in read()
+                if r.get("split", "test") == "test")
     items = {}
     for _, path, caption in rows:
         items.setdefault(path, []).append(caption)
@@ -90,7 +93,8 @@ def read_items(name: str, annotations: str, media: str, pattern: str | None = No
            for p, c in items.items()]
     if not out:
         raise DataError(f"{annotations}: no test items for {name} ({BENCHMARKS[name].data})")
-    return [it for it in out if os.path.isfile(it["path"])], [it["path"] for it in out if not os.path.isfile(it["path"])]
+    found = [os.path.isfile(it["path"]) for it in out]
+    return [it for it, ok in zip(out, found) if ok], [it["path"] for it, ok in zip(out, found) if not ok]
 
 
 # ----------------------------------------------------------------------------- running the agent and M
@@ -132,8 +136,6 @@ def render(items: list[dict], replies: dict[str, str] | None, zoo, folder: str, 
     """The generated file of each item (None where the reply invoked no generator of the modality): the first such
     invocation of the agent's reply (replies), or the first caption (replies=None), rendered by generate.py into
     folder/<id>/ with seed zoo seed + item index. A folder with generated.json is finished and not rendered again."""
-    import generate
-
     base, files, taken = zoo.cfg, [], set()
     for k, it in enumerate(items):
         out = os.path.join(folder, generate.record_folder(it["id"], taken))
@@ -161,7 +163,7 @@ def score_generated(bench: Benchmark, items, files, judges: dict, device: str) -
         return {**row, "skipped": [f"metrics need at least 2 generated files, got {len(gen)}"]}
     if bench.modality == "audio":
         if judges["panns"] is not None:
-            g, r = metrics.audio_features(gen, judges["panns"], device), metrics.audio_features(real, judges["panns"], device)
+            g, r = (metrics.audio_features(files, judges["panns"], device) for files in (gen, real))
             row.update(FD=metrics.feature_distance(g[0], r[0]), IS=metrics.inception_score(g[1]))
         return row
     if judges["inception"] is not None:
@@ -173,17 +175,13 @@ def score_generated(bench: Benchmark, items, files, judges: dict, device: str) -
 
 def run(name: str, args, judges: dict | None = None) -> dict:
     """One benchmark end to end; returns the report (also written to OUT/report.json)."""
-    from generate import parse_meta_response
-
     bench, out, t0 = BENCHMARKS[name], args.out or os.path.join("out", "bench", name), time.perf_counter()
     os.makedirs(out, exist_ok=True)
     setup = {"benchmark": name, "adapter": os.path.abspath(args.adapter), "zoo": args.zoo}
-    if os.path.isfile(os.path.join(out, "run.json")):  # resuming: the replies and files must be of this set-up
-        with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
-            if (before := json.load(f)) != setup:
-                raise DataError(f"{out} holds a run of {before}, not {setup}: pass another --out or delete it")
-    with open(os.path.join(out, "run.json"), "w", encoding="utf-8") as f:
-        json.dump(setup, f)
+    run_json = Path(out, "run.json")  # resuming: the replies and files already there must be of this set-up
+    if run_json.is_file() and (before := json.loads(run_json.read_text(encoding="utf-8"))) != setup:
+        raise DataError(f"{out} holds a run of {before}, not {setup}: pass another --out or delete it")
+    run_json.write_text(json.dumps(setup), encoding="utf-8")
     items, missing = read_items(name, args.annotations, args.media, args.media_pattern)
     items = items[:args.limit]
     report = {"benchmark": name, "table": bench.table, "task": bench.task, "data": bench.data, "n": len(items),
@@ -194,14 +192,12 @@ def run(name: str, args, judges: dict | None = None) -> dict:
         raise DataError(f"{args.annotations}: {len(items)} test items with their media file; the metrics need 2")
     model = load_agent(args.adapter, args.device)
     if name.startswith("t2"):
-        import generate
-
         given = judges or {}
         judges = {}
         for kind in ("panns",) if bench.modality == "audio" else ("inception", "clip"):
             judges[kind], why = metrics.load_judge(kind, given.get(kind, getattr(args, kind)), args.device)
             report["skipped"] += [why] if why else []
-        zoo = generate.ModelZoo(dataclasses.replace(generate.PRESETS[args.zoo], device=args.device))
+        zoo = generate.ModelZoo(args.zoo_cfg)
         instr = T2X_INSTRUCTION[bench.modality]
         captions = [it["captions"][0].rstrip(". ") for it in items]  # "A dog runs." -> "... of a dog runs."
         replies = answer(model, [(it["id"], instr.format(c[:1].lower() + c[1:]), []) for it, c in zip(items, captions)],
@@ -216,9 +212,9 @@ def run(name: str, args, judges: dict | None = None) -> dict:
     else:
         import encode
 
-        encode_items = lambda: encode.encode_files([it["path"] for it in items], bench.modality, model.cfg.encoder,  # noqa: E731
-                                                   args.cache_dir, args.encoder_checkpoint or model.cfg.encoder_checkpoint,
-                                                   device=args.device,
+        ckpt = args.encoder_checkpoint or model.cfg.encoder_checkpoint
+        encode_items = lambda: encode.encode_files([it["path"] for it in items], bench.modality,  # noqa: E731
+                                                   model.cfg.encoder, args.cache_dir, ckpt, device=args.device,
                                                    progress=False)
         try:
             feats = encode_items()
@@ -230,13 +226,13 @@ def run(name: str, args, judges: dict | None = None) -> dict:
         instr = CAPTION_INSTRUCTION[bench.modality]
         replies = answer(model, [(it["id"], instr, [(bench.modality, f)]) for it, f in zip(items, feats)], out, args)
         t1 = time.perf_counter()
-        scores = metrics.caption_metrics({it["id"]: it["captions"] for it in items},
-                                         {it["id"]: parse_meta_response(replies[it["id"]]).response for it in items},
-                                         meteor=args.meteor, spice=name == "a2t", corenlp=args.corenlp)
+        texts = {it["id"]: generate.parse_meta_response(replies[it["id"]]).response for it in items}
+        scores = metrics.caption_metrics({it["id"]: it["captions"] for it in items}, texts, meteor=args.meteor,
+                                         spice=name == "a2t", corenlp=args.corenlp)
         report["skipped"] += scores.pop("skipped")
-        report["rows"]["agent"] = {"n": f"{len(items)}/{len(items)}", **{k: v * bench.scale for k, v in scores.items()
-                                                                          if k in ("BLEU-4", "METEOR", "CIDEr", "SPIDEr")}}
-        report["route"] = f'"{instr}" with the {bench.modality} attached -> agent.py ({args.adapter}); reply text scored'
+        report["rows"]["agent"] = {"n": f"{len(items)}/{len(items)}", **{
+            k: v * bench.scale for k, v in scores.items() if k in ("BLEU-4", "METEOR", "CIDEr", "SPIDEr")}}
+        report["route"] = f'"{instr}" with the {bench.modality} attached -> agent.py ({args.adapter}); reply scored'
     report["seconds"] = {"agent_and_setup": round(t1 - t0, 2), "render_and_score": round(time.perf_counter() - t1, 2)}
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
@@ -245,7 +241,8 @@ def run(name: str, args, judges: dict | None = None) -> dict:
 
 def format_report(r: dict) -> str:
     """Our rows beside the paper's, one column per metric of the paper's table."""
-    cols = list(dict.fromkeys([*r["paper"], *(k for row in r["rows"].values() for k in row if k not in ("n", "skipped"))]))
+    ours = (k for row in r["rows"].values() for k in row if k not in ("n", "skipped"))
+    cols = list(dict.fromkeys([*r["paper"], *ours]))
     cell = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     lines = [f"Table {r['table']}: {r['task']} on {r['data']} ({r['n']} items)", f"route: {r['route']}",
              f"{'':<28}{'n':>10}" + "".join(f"{c:>10}" for c in cols),
@@ -269,7 +266,7 @@ def main(argv=None, judges: dict | None = None):
     p.add_argument("--media", required=True, help="the folder the annotations' media paths are relative to")
     p.add_argument("--media_pattern", help=f"AudioCaps / MSR-VTT file names under --media (default {DEFAULT_PATTERN})")
     p.add_argument("--adapter", required=True, help="a trained adapter folder (train.py)")
-    p.add_argument("--zoo", default="paper", choices=("paper", "tiny"), help="generate.py's model zoo (text -> X)")
+    generate.add_zoo_args(p, exclude=("device",))  # text -> X: --zoo, --text_to_image DIR, --image_steps N, ...
     p.add_argument("--direct", action=argparse.BooleanOptionalAction, default=True,
                    help="text -> X: also the reference row, each caption straight to the generator (twice the renders)")
     p.add_argument("--out", help="predictions, generated files and report.json (default out/bench/BENCHMARK)")
@@ -287,6 +284,10 @@ def main(argv=None, judges: dict | None = None):
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 2:
         p.error("--limit must be at least 2 (FID, FD and CIDEr need two items)")
+    try:
+        args.zoo_cfg = generate.zoo_config(args, device=args.device)
+    except ValueError as e:
+        p.error(str(e))
     try:
         report = run(args.benchmark, args, judges)
     except (DataError, OSError) as e:  # a user's file: one line that names it

@@ -293,7 +293,8 @@ def run(argv=None):
             report["captions"] = caption_metrics(refs, hyps, meteor=args.meteor)
             c = report["captions"]
             print(f"\nText answers about media ({c['n']} items, {c['tokenizer']} tokens, x100 as in papers): "
-                  + ", ".join(f"{k} {100 * c[k]:.1f}" for k in ("BLEU-1", "BLEU-4", "METEOR", "CIDEr", "SPIDEr") if k in c))
+                  + ", ".join(f"{k} {100 * c[k]:.1f}" for k in ("BLEU-1", "BLEU-4", "METEOR", "CIDEr", "SPIDEr")
+                              if k in c))
             for reason in c["skipped"]:
                 print(f"  skipped: {reason}")
     if args.generated:

@@ -218,7 +218,8 @@ def load_judge(kind: str, given, device: str = "cpu"):
     name, url = (INCEPTION, INCEPTION_URL) if kind == "inception" else (PANNS, PANNS_URL)
     path = given or os.path.join(torch.hub.get_dir(), "checkpoints", name)
     if not os.path.isfile(path):
-        return None, f"{'FID' if kind == 'inception' else 'FD/IS'}: {path} not found: fetch {url} and pass --{kind} PATH"
+        metric = "FID" if kind == "inception" else "FD/IS"
+        return None, f"{metric}: {path} not found: fetch {url} and pass --{kind} PATH"
     if kind == "panns":
         from panns import cnn14
 

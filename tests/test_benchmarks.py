@@ -90,7 +90,8 @@ def write_coco(root):
         images.append({"id": i + 42, "file_name": name})
         anns += [{"id": 10 * i, "image_id": i + 42, "caption": caption},
                  {"id": 10 * i + 1, "image_id": i + 42, "caption": f"{caption}, photo"}]
-        karpathy.append({"filepath": "val2014", "filename": name, "cocoid": i + 42, "split": "test" if i < 3 else "train",
+        karpathy.append({"filepath": "val2014", "filename": name, "cocoid": i + 42,
+                         "split": "test" if i < 3 else "train",
                          "sentences": [{"raw": caption}, {"raw": f"{caption}, photo"}]})
     (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": anns}))
     (root / "dataset_coco.json").write_text(json.dumps({"images": karpathy, "dataset": "coco"}))
@@ -134,7 +135,8 @@ def write_msrvtt(root):
     (root / "test_videodatainfo.json").write_text(json.dumps({"videos": videos, "sentences": sentences}))
 
 
-LAYOUT = {"i2t": (write_coco, "dataset_coco.json", ""), "t2i": (write_coco, "annotations/captions_val2014.json", "val2014"),
+LAYOUT = {"i2t": (write_coco, "dataset_coco.json", ""),
+          "t2i": (write_coco, "annotations/captions_val2014.json", "val2014"),
           "a2t": (write_audiocaps, "test.csv", "test"), "t2a": (write_audiocaps, "test.csv", "test"),
           "v2t": (write_msrvtt, "test_videodatainfo.json", "TestVideo"),
           "t2v": (write_msrvtt, "test_videodatainfo.json", "TestVideo")}
@@ -157,7 +159,8 @@ def test_x_to_text_answers_with_the_media_and_scores_the_reply(name, tmp_path, t
     assert report["n"] == 3 and report["rows"]["agent"]["n"] == "3/3"  # Karpathy's "train" image is not read
     preds = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 3
-    refs = {p["id"]: [c, c + {"i2t": ", photo", "a2t": " loudly", "v2t": " slowly"}[name]] for p, c in zip(preds, CAPTIONS)}
+    suffix = {"i2t": ", photo", "a2t": " loudly", "v2t": " slowly"}[name]
+    refs = {p["id"]: [c, c + suffix] for p, c in zip(preds, CAPTIONS)}
     hyps = {p["id"]: generate.parse_meta_response(p["prediction"]).response for p in preds}
     expected = metrics.caption_metrics(refs, hyps, meteor=False)  # the replies scored against all captions
     scale = benchmarks.BENCHMARKS[name].scale
