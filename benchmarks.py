@@ -51,8 +51,7 @@ BENCHMARKS = {
     "t2v": Benchmark(6, "text -> video", "video", "MSR-VTT test", {"FID": 13.35, "CLIPSIM": 0.3014}),
     "v2t": Benchmark(7, "video -> text", "video", "MSR-VTT test", {"BLEU-4": 56.5, "METEOR": 35.2}, 100.0),
 }
-T2X_INSTRUCTION = {"image": "Generate an image of {}.", "audio": "Generate a sound of {}.",
-                   "video": "Generate a video of {}."}
+T2X_INSTRUCTION = {"image": "Generate an image of {}.", "audio": "Generate a sound of {}.", "video": "Generate a video of {}."}
 GENERATOR = {"image": "text-to-image", "audio": "text-to-audio", "video": "text-to-video"}
 
 
@@ -177,7 +176,8 @@ def run(name: str, args, judges: dict | None = None) -> dict:
     """One benchmark end to end; returns the report (also written to OUT/report.json)."""
     bench, out, t0 = BENCHMARKS[name], args.out or os.path.join("out", "bench", name), time.perf_counter()
     os.makedirs(out, exist_ok=True)
-    setup = {"benchmark": name, "adapter": os.path.abspath(args.adapter), "zoo": args.zoo}
+    setup = {"benchmark": name, "adapter": os.path.abspath(args.adapter),  # the zoo as rendered, wherever it ran
+             "zoo": {k: v for k, v in dataclasses.asdict(args.zoo_cfg).items() if k not in ("device", "dtype")}}
     run_json = Path(out, "run.json")  # resuming: the replies and files already there must be of this set-up
     if run_json.is_file() and (before := json.loads(run_json.read_text(encoding="utf-8"))) != setup:
         raise DataError(f"{out} holds a run of {before}, not {setup}: pass another --out or delete it")
