@@ -51,7 +51,8 @@ BENCHMARKS = {
     "t2v": Benchmark(6, "text -> video", "video", "MSR-VTT test", {"FID": 13.35, "CLIPSIM": 0.3014}),
     "v2t": Benchmark(7, "video -> text", "video", "MSR-VTT test", {"BLEU-4": 56.5, "METEOR": 35.2}, 100.0),
 }
-T2X_INSTRUCTION = {"image": "Generate an image of {}.", "audio": "Generate a sound of {}.", "video": "Generate a video of {}."}
+T2X_INSTRUCTION = {"image": "Generate an image of {}.", "audio": "Generate a sound of {}.",
+                   "video": "Generate a video of {}."}
 GENERATOR = {"image": "text-to-image", "audio": "text-to-audio", "video": "text-to-video"}
 
 
@@ -146,8 +147,7 @@ def render(items: list[dict], replies: dict[str, str] | None, zoo, folder: str, 
                 meta.invocations = [i for i in meta.invocations if i.model == GENERATOR[modality]][:1]
             zoo.cfg = dataclasses.replace(base, seed=base.seed + k)
             generate.generate(meta, out, zoo)
-        with open(os.path.join(out, "generated.json"), encoding="utf-8") as f:
-            written = json.load(f)["outputs"]
+        written = json.loads(Path(out, "generated.json").read_text(encoding="utf-8"))["outputs"]
         files.append(os.path.join(out, written[0]["file"]) if written else None)
     zoo.cfg = base
     return files
