@@ -42,7 +42,7 @@ def spice_ready(corenlp: str | None = None) -> str | None:
 
 
 def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True,
-                    spice: bool = True, corenlp: str | None = None) -> dict:
+                    spice: bool = False, corenlp: str | None = None) -> dict:
     """BLEU-1..4, CIDEr (CIDEr-D, as in the COCO server), METEOR and SPICE / SPIDEr by pycocoevalcap, corpus
     level. references: {item: [reference, ...]}, hypotheses: {item: text}, same keys. What cannot run is listed
     under "skipped" with why."""
@@ -76,7 +76,7 @@ def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str]
         out["METEOR"] = float(Meteor().compute_score(gts, res)[0])  # JVM start + paraphrase table: ~15 s
     elif java:
         skipped.append("METEOR: turned off (--no-meteor)")
-    why = spice_ready(corenlp) if spice else "SPICE/SPIDEr: turned off"
+    why = spice_ready(corenlp) if spice else "SPICE/SPIDEr: off (Java, slow; benchmarks.py a2t computes them)"
     if why is None:
         from pycocoevalcap.spice.spice import Spice
 

@@ -183,7 +183,7 @@ def test_spice_skips_with_the_files_to_fetch(tmp_path, monkeypatch):
     (lib / "lib").mkdir(parents=True)
     monkeypatch.setattr(pycocoevalcap.spice, "__file__", str(lib / "__init__.py"))
     out = caption_metrics({"a": ["a dog barks"], "b": ["rain falls"]}, {"a": "a dog barks", "b": "rain"},
-                          meteor=False)
+                          meteor=False, spice=True)
     assert "SPICE" not in out and "SPIDEr" not in out and out["CIDEr"] > 0
     (line,) = [s for s in out["skipped"] if s.startswith("SPICE/SPIDEr")]
     assert "stanford-corenlp-3.6.0.jar" in line and "stanford-corenlp-3.6.0-models.jar" in line and "--corenlp" in line
