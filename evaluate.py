@@ -22,13 +22,13 @@ import collections
 import json
 import os
 import re
-import shutil
 import string
 import sys
 import time
 from itertools import zip_longest
 
 from data.records import DataError, json_lines, read_valid  # the data format (data/README.md)
+from metrics import INCEPTION, caption_metrics, generation_metrics  # the metric functions (FID, CLIPSIM, BLEU, ...)
 
 MODELS = ("text-to-image", "text-to-video", "text-to-audio")  # the fixed model-zoo names (SPEC)
 METRICS = ("json", "parse", "model", "prompt_exact", "prompt_f1", "exact")
@@ -150,161 +150,6 @@ def caption_sets(records: list[dict], predictions: dict[str, str]) -> tuple[dict
     return {k: refs[k] for k in hyps}, hyps
 
 
-def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True) -> dict:
-    """BLEU-1..4, CIDEr (CIDEr-D, as in the COCO server) and METEOR by pycocoevalcap, corpus level.
-    references: {item: [reference, ...]}, hypotheses: {item: text}, same keys."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-
-    if set(references) != set(hypotheses) or not hypotheses:
-        raise ValueError("caption_metrics needs the same, non-empty set of items in references and hypotheses")
-    java, skipped = shutil.which("java"), []
-    gts = {k: [{"caption": c} for c in v] for k, v in references.items()}
-    res = {k: [{"caption": hypotheses[k]}] for k in references}
-    if java:  # the COCO evaluation's own tokenisation: Stanford PTBTokenizer, lower case, punctuation removed
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        gts, res = PTBTokenizer().tokenize(gts), PTBTokenizer().tokenize(res)
-    else:  # an approximation of it (PTB splits clitics such as "dog's"), so scores can differ slightly
-        simple = lambda c: " ".join(re.findall(r"[\w']+", c["caption"].lower()))  # noqa: E731
-        gts = {k: [simple(c) for c in v] for k, v in gts.items()}
-        res = {k: [simple(c) for c in v] for k, v in res.items()}
-        skipped.append("PTB tokenizer and METEOR: `java` not found (apt-get install default-jre); "
-                       "BLEU/CIDEr use a plain lower-case word tokenizer")
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    out = {"n": len(res), "tokenizer": "PTB" if java else "plain"}
-    out.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
-    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    if len(res) < 2:
-        skipped.append("CIDEr: its IDF comes from the references of all items, so one item scores 0")
-    if java and meteor:
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        out["METEOR"] = float(Meteor().compute_score(gts, res)[0])  # JVM start + paraphrase table: ~15 s
-    elif java:
-        skipped.append("METEOR: turned off (--no-meteor)")
-    skipped.append("SPIDEr/SPICE: SPICE downloads Stanford CoreNLP models on first use; not run offline")
-    return {**out, "skipped": skipped}
-
-
-# ----------------------------------------------------------------------------- generated O' (pretrained judges)
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """FID's ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians."""
-    import numpy as np
-    from scipy import linalg
-
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    covmean = covmean.real if np.iscomplexobj(covmean) else covmean  # tiny imaginary parts from round-off
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1 + sigma2 - 2 * covmean))
-
-
-def _frames(path: str) -> list:
-    """RGB frames (H, W, 3) uint8 of an image or MP4; grayscale, palette and RGBA images are converted as
-    pytorch-fid's loader does (PIL's convert("RGB"): gray replicated, alpha dropped)."""
-    import imageio.v3 as iio
-    import numpy as np
-    from PIL import Image
-
-    if path.endswith(".mp4"):
-        return list(iio.imread(path, plugin="pyav"))  # (F, H, W, 3), decoded as rgb24
-    with Image.open(path) as image:
-        return [np.array(image.convert("RGB"))]
-
-
-def _available_locally(name: str) -> bool:
-    """A local folder, or a hub id whose config is already in the Hugging Face cache (nothing is downloaded)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if os.path.isdir(name) or name.startswith((".", "/")) or name.count("/") != 1:
-        return os.path.isdir(name)
-    return isinstance(try_to_load_from_cache(name, "config.json"), str)
-
-
-def clipsim(outputs: list[dict], clip: str, device: str = "cpu") -> dict:
-    """{model: mean over outputs of the CLIP cosine between the prompt and the image (a video: mean over frames)}."""
-    import torch
-    from transformers import CLIPModel, CLIPProcessor
-
-    model = CLIPModel.from_pretrained(clip, local_files_only=True).to(device).eval()
-    processor = CLIPProcessor.from_pretrained(clip, local_files_only=True)
-    sims = collections.defaultdict(list)
-    for o in (o for o in outputs if o["model"] in ("text-to-image", "text-to-video")):
-        batch = processor(text=[o["prompt"]], images=_frames(o["path"]), return_tensors="pt", padding=True,
-                          truncation=True).to(device)
-        with torch.no_grad():  # transformers 5: the projected embeddings are the outputs' pooler_output
-            img = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output  # (frames, E)
-            txt = model.get_text_features(input_ids=batch["input_ids"],
-                                          attention_mask=batch["attention_mask"]).pooler_output  # (1, E)
-        sims[o["model"]].append(torch.cosine_similarity(img, txt).mean().item())
-    return {f"CLIPSIM/{m}": sum(v) / len(v) for m, v in sims.items()}
-
-
-def _inception(state_dict: dict):
-    """torchvision's Inception-v3 as inception_v3(weights=IMAGENET1K_V1) builds it, from a state dict, with fc
-    removed: its output is the 2048-d pool feature. transform_input=True, which that builder sets and
-    weights=None does not, maps ImageNet-normalised input to the [-1, 1] range Google's weights expect."""
-    import torch
-    import torchvision
-
-    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
-    net.load_state_dict(state_dict)
-    net.fc = torch.nn.Identity()
-    return net.eval()
-
-
-def fid(images: list[str], reference_dir: str, inception, device: str = "cpu") -> float:
-    """FID between generated images and the PNG/JPEG files of reference_dir, on Inception-v3 pool features.
-    inception: torchvision Inception-v3 weights (.pth), or a module mapping ImageNet-normalised images
-    (N, 3, 299, 299) to features (N, D) (the tests pass a tiny one)."""
-    import numpy as np
-    import torch
-    from torchvision import transforms as T
-
-    if not isinstance(inception, torch.nn.Module):
-        inception = _inception(torch.load(inception, map_location="cpu", weights_only=True))  # tensors only, no pickle
-    net = inception.eval().to(device)
-    tf = T.Compose([T.ToTensor(), T.Resize((299, 299)), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    real = sorted(os.path.join(reference_dir, f) for f in os.listdir(reference_dir)
-                  if f.lower().endswith((".png", ".jpg", ".jpeg")))
-    if len(real) < 2:  # a covariance needs two samples (generation_metrics checks the generated side)
-        raise ValueError(f"FID needs at least 2 PNG/JPEG files in {reference_dir}, found {len(real)}")
-    with torch.no_grad():
-        a, b = (np.concatenate([net(tf(_frames(p)[0])[None].to(device)).cpu().numpy() for p in paths])
-                for paths in (images, real))  # (N, D) each
-    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-
-
-def generation_metrics(dirs: list[str], clip: str = "openai/clip-vit-base-patch32", fid_reference: str | None = None,
-                       inception: str | None = None, device: str = "cpu") -> dict:
-    """CLIPSIM and FID of the files listed in each dir's generated.json (generate.py), where their networks'
-    weights are local files (nothing is downloaded); what cannot run is listed under "skipped" with why."""
-    import torch
-
-    outputs = []
-    for d in dirs:
-        with open(os.path.join(d, "generated.json"), encoding="utf-8") as f:
-            outputs += [{**o, "path": os.path.join(d, o["file"])} for o in json.load(f)["outputs"]]
-    report, skipped = {"n": dict(collections.Counter(o["model"] for o in outputs))}, []
-    if _available_locally(clip):
-        report.update(clipsim(outputs, clip, device))
-    else:
-        skipped.append(f"CLIPSIM: CLIP weights {clip!r} are neither a folder nor in the Hugging Face cache (--clip)")
-    inception = inception or os.path.join(torch.hub.get_dir(), "checkpoints", "inception_v3_google-0cc3c7bd.pth")
-    images = [o["path"] for o in outputs if o["model"] == "text-to-image"]
-    if not fid_reference:
-        skipped.append("FID: no --fid_reference folder of real images")
-    elif not os.path.isfile(inception):
-        skipped.append(f"FID: Inception-v3 weights not found at {inception} (pass --inception PATH)")
-    elif len(images) < 2:
-        skipped.append("FID: needs at least 2 generated images")
-    else:
-        report["FID/text-to-image"] = fid(images, fid_reference, inception, device)
-        report["FID_note"] = "torchvision's Inception-v3, not the TF-FID network: not comparable to papers' FID"
-    if any(o["model"] == "text-to-audio" for o in outputs):
-        skipped.append("FD/IS (audio): need the PANNs CNN14 classifier of AudioLDM's evaluation; not available here")
-    return {**report, "skipped": skipped}
-
-
 # ----------------------------------------------------------------------------- predictions
 def read_records(path: str) -> list[dict]:
     """The valid records of a data split (data/records.py, the data tools' validator); bad lines are skipped
@@ -397,7 +242,8 @@ def run(argv=None):
     p.add_argument("--clip", default="openai/clip-vit-base-patch32",
                    help="CLIP for CLIPSIM (a folder, or a hub id already in the local cache)")
     p.add_argument("--fid_reference", help="folder of real images for FID")
-    p.add_argument("--inception", help="Inception-v3 weights (torchvision .pth) for FID")
+    p.add_argument("--inception", help="FID's Inception-v3 weights: a local copy of torch-fidelity's "
+                   f"{INCEPTION}")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--cache_dir", default=".cache/features", help="encode.py's feature cache")
     p.add_argument("--max_new_tokens", type=int, default=256, help="longest meta-response with --adapter")
@@ -447,7 +293,8 @@ def run(argv=None):
             report["captions"] = caption_metrics(refs, hyps, meteor=args.meteor)
             c = report["captions"]
             print(f"\nText answers about media ({c['n']} items, {c['tokenizer']} tokens, x100 as in papers): "
-                  + ", ".join(f"{k} {100 * c[k]:.1f}" for k in ("BLEU-1", "BLEU-4", "METEOR", "CIDEr") if k in c))
+                  + ", ".join(f"{k} {100 * c[k]:.1f}" for k in ("BLEU-1", "BLEU-4", "METEOR", "CIDEr", "SPIDEr")
+                              if k in c))
             for reason in c["skipped"]:
                 print(f"  skipped: {reason}")
     if args.generated:

@@ -22,7 +22,10 @@ import os
 import sys
 from collections.abc import Iterator
 
-from records import DataError, validate_record, write_jsonl
+if __package__:  # imported as data.convert (benchmarks.py reads the benchmarks' files with these readers)
+    from .records import DataError, validate_record, write_jsonl
+else:  # run as a script, or imported with data/ on sys.path
+    from records import DataError, validate_record, write_jsonl
 
 # The instruction of a caption record. Varied phrasings are made later from these records by
 # data/make_instructions.py (input-side templates); converters stay literal.

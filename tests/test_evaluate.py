@@ -1,14 +1,13 @@
 """Tests of evaluate.py: meta-response scores on a handcrafted split with known answers, SQuAD token F1 on
-worked examples, the caption metrics against published and hand-computed values, FID's formula."""
+worked examples, the caption grouping, the CLI (the metric functions: tests/test_metrics.py)."""
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
 
 import evaluate
-from evaluate import caption_metrics, caption_sets, score_meta_responses, strict_meta, token_f1
+from evaluate import caption_sets, score_meta_responses, strict_meta, token_f1
 
 
 def rec(rid, kind, modalities, response, invocations):
@@ -81,41 +80,6 @@ def test_token_f1_worked_examples(pred, ref, f1):
     assert token_f1(pred, ref) == pytest.approx(f1)
 
 
-def test_caption_metrics_match_published_coco_caption_values():
-    # Published output of the COCO caption evaluation code (tylin/coco-caption, as wrapped by
-    # bckim92/language-evaluation, README "Python API" example): predicts ['i am a boy', 'she is a girl'],
-    # answers ['am i a boy ?', 'is she a girl ?'] -> Bleu_1 0.9999999997500004, Bleu_2 0.5773502690332603,
-    # Bleu_3 4.3679023223468616e-06, Bleu_4 1.4287202142987477e-08, CIDEr 3.333333333333333,
-    # METEOR 0.43354749322305886. Both tokenizers (PTB with Java, the plain fallback) drop the "?".
-    java = shutil.which("java") is not None
-    out = caption_metrics({"0": ["am i a boy ?"], "1": ["is she a girl ?"]}, {"0": "i am a boy", "1": "she is a girl"},
-                          meteor=java)
-    assert out["tokenizer"] == ("PTB" if java else "plain")
-    assert out["BLEU-1"] == pytest.approx(0.9999999997500004, rel=1e-12)
-    assert out["BLEU-2"] == pytest.approx(0.5773502690332603, rel=1e-12)
-    assert out["BLEU-3"] == pytest.approx(4.3679023223468616e-06, rel=1e-9)
-    assert out["BLEU-4"] == pytest.approx(1.4287202142987477e-08, rel=1e-9)
-    assert out["CIDEr"] == pytest.approx(3.333333333333333, rel=1e-12)
-    if java:
-        assert out["METEOR"] == pytest.approx(0.43354749322305886, rel=1e-9)
-
-
-def test_caption_metrics_hand_computed(monkeypatch):
-    monkeypatch.setattr(evaluate.shutil, "which", lambda name: None)  # the plain-tokenizer path, no Java
-    # One item, equal lengths (brevity penalty 1): n-gram precisions 5/6, 3/5, 2/4, 1/3 -> BLEU-4 = (1/12)^(1/4).
-    out = caption_metrics({"x": ["a man rides a brown horse"]}, {"x": "A man rides a red horse."})
-    assert out["tokenizer"] == "plain" and "METEOR" not in out
-    assert out["BLEU-4"] == pytest.approx((1 / 12) ** 0.25, rel=1e-6)
-    assert out["BLEU-1"] == pytest.approx(5 / 6, rel=1e-6)
-    assert out["CIDEr"] == 0.0  # IDF over a single item is log(1/1) = 0 (documented in vrama91/coco-caption)
-    # Two perfect captions sharing no n-gram: IDF log 2 > 0, cosine 1 and no length penalty for every n,
-    # so CIDEr-D = 10 * mean over n of 1 = 10.
-    out = caption_metrics({"a": ["red circle on white"], "b": ["blue square under grey"]},
-                          {"a": "red circle on white", "b": "blue square under grey"})
-    assert out["CIDEr"] == pytest.approx(10.0, rel=1e-9)
-    assert any("java" in s for s in out["skipped"])
-
-
 def test_caption_sets_group_references_by_instruction_and_media():
     a = rec("c1", "input", ["image"], "A red circle.", [])
     b = {**rec("c2", "input", ["image"], "A round red shape.", []), "instruction": a["instruction"],
@@ -125,25 +89,6 @@ def test_caption_sets_group_references_by_instruction_and_media():
     refs, hyps = caption_sets([a, b, c, d], {"c2": '{"response": "A red disc.", "invocations": []}', "c4": "x"})
     assert list(refs.values()) == [["A red circle.", "A round red shape."]]
     assert list(hyps.values()) == ["A red disc."]
-
-
-def test_frechet_distance_closed_form():
-    # ||mu1 - mu2||^2 = 3^2 + 4^2 = 25; Tr(I + 4I - 2 (4I)^(1/2)) = Tr(I) = 2  ->  27
-    d = evaluate.frechet_distance(np.zeros(2), np.eye(2), np.array([3.0, 4.0]), 4 * np.eye(2))
-    assert d == pytest.approx(27.0)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 3))
-    assert evaluate.frechet_distance(x.mean(0), np.cov(x.T), x.mean(0), np.cov(x.T)) == pytest.approx(0, abs=1e-6)
-
-
-def test_generation_metrics_skip_without_weights(tmp_path):
-    outputs = [{"file": "00-text-to-image.png", "model": "text-to-image", "prompt": "a cat"},
-               {"file": "01-text-to-audio.wav", "model": "text-to-audio", "prompt": "rain"}]
-    (tmp_path / "generated.json").write_text(json.dumps({"response": "", "problems": [], "outputs": outputs}))
-    out = evaluate.generation_metrics([str(tmp_path)], clip=str(tmp_path / "no-clip"))
-    assert out["n"] == {"text-to-image": 1, "text-to-audio": 1}
-    assert not any(k.startswith(("CLIPSIM", "FID/")) for k in out)
-    assert [s.split(":")[0] for s in out["skipped"]] == ["CLIPSIM", "FID", "FD/IS (audio)"]
 
 
 def test_cli_scores_a_predictions_file(tmp_path, capsys):
@@ -202,65 +147,3 @@ def test_predict_feeds_each_records_media_in_order(tmp_path):
     audio = encode.encode_files([tmp_path / "beep.wav"], "audio", "tiny", cache_dir=cache, progress=False)[0]
     assert preds["p1"] == reloaded.respond("instruction p1", [], max_new_tokens=6)
     assert preds["p2"] == reloaded.respond("instruction p2", [("image", image), ("audio", audio)], max_new_tokens=6)
-
-
-# ----------------------------------------------------------------------------- FID inputs (issue 12)
-def _save_images(folder, images: dict):
-    from PIL import Image
-
-    folder.mkdir(exist_ok=True)
-    for name, (mode, array) in images.items():
-        Image.fromarray(array).convert(mode).save(folder / name)
-    return [str(folder / n) for n in images]
-
-
-def test_frames_convert_grayscale_palette_and_rgba_to_rgb(tmp_path):
-    """Reference folders hold grayscale, palette and RGBA files: each becomes (H, W, 3) like pytorch-fid's loader."""
-    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    gray = rgb[..., 0]
-    paths = dict(zip(["gray.png", "la.png", "p.png", "rgba.png", "gray.jpg"],
-                     _save_images(tmp_path, {"gray.png": ("L", gray), "la.png": ("LA", gray), "p.png": ("P", rgb),
-                                             "rgba.png": ("RGBA", rgb), "gray.jpg": ("L", gray)})))
-    for name, path in paths.items():
-        (frame,) = evaluate._frames(path)
-        assert (frame.shape, frame.dtype) == ((20, 30, 3), np.uint8), name
-    for name in ("gray.png", "la.png"):  # gray replicated into R = G = B, exactly
-        np.testing.assert_array_equal(evaluate._frames(paths[name])[0], np.repeat(gray[..., None], 3, -1))
-    np.testing.assert_array_equal(evaluate._frames(paths["rgba.png"])[0], rgb)  # alpha dropped, colour kept
-
-
-def test_fid_runs_on_grayscale_and_rgba_references(tmp_path):
-    """fid() end to end with a tiny stand-in for Inception ((N, 3, 299, 299) -> (N, 3) channel means): a set
-    against itself is 0, and a grayscale / RGBA reference scores as its RGB equivalent does."""
-    import torch
-
-    rng = np.random.default_rng(0)
-    arrays = [rng.integers(0, 256, (76, 80, 3), dtype=np.uint8) for _ in range(5)]
-    generated = _save_images(tmp_path / "gen", {f"{i}.png": ("RGB", a) for i, a in enumerate(arrays)})
-    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    assert evaluate.fid(generated, str(tmp_path / "gen"), net) == pytest.approx(0, abs=1e-8)
-    others = [rng.integers(0, 256, (90, 75, 3), dtype=np.uint8) for _ in range(4)]
-    gray = np.repeat(others[0][..., :1], 3, -1)  # the RGB equivalent of a grayscale file
-    _save_images(tmp_path / "ref", {"a.png": ("L", gray), "b.png": ("RGBA", others[1]), "c.jpg": ("RGB", others[2]),
-                                    "d.png": ("RGB", others[3])})
-    _save_images(tmp_path / "ref_rgb", {"a.png": ("RGB", gray), "b.png": ("RGB", others[1]),
-                                        "c.jpg": ("RGB", others[2]), "d.png": ("RGB", others[3])})
-    score = evaluate.fid(generated, str(tmp_path / "ref"), net)
-    assert math.isfinite(score) and score > 0
-    assert score == pytest.approx(evaluate.fid(generated, str(tmp_path / "ref_rgb"), net), rel=1e-6)
-
-
-def test_inception_is_built_as_torchvision_builds_it_for_its_weights(monkeypatch):
-    """The FID network (weights=None, then a state dict) applies the input transform that
-    inception_v3(weights=IMAGENET1K_V1) applies (transform_input: ImageNet normalisation -> Google's [-1, 1])."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    state = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: state)  # no download
-    reference = torchvision.models.inception_v3(weights="IMAGENET1K_V1").eval()
-    reference.fc = torch.nn.Identity()
-    x = torch.rand(1, 3, 75, 75)  # Inception's smallest input: the transform, not the resolution, is under test
-    with torch.no_grad():
-        torch.testing.assert_close(evaluate._inception(state)(x), reference(x), rtol=1e-4, atol=0)
