@@ -396,7 +396,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
         torch.manual_seed(cfg.seed)  # every worker builds the same LoRA A and P
         model = ModaVerse.from_config(acfg).to(device).train()  # from_pretrained returns eval mode: no dropout
         if cfg.grad_checkpointing:
-            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.llm.activation_checkpointing_enable({"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]  # P + LoRA, frozen rest: before DDP
         assert all(p.dtype == torch.float32 for p in params), "trainable weights must be fp32: see lora.py"
         data = load_split(cfg.data, model, cfg, acfg, master, device, splits[cfg.data])

@@ -4,6 +4,7 @@ preset (an untrained 2-layer Llama), the tiny ImageBind and the tiny model zoo; 
 An untrained model writes garbage, so the tests of the invocation lines and of --generate replace
 ModaVerse.respond by one that returns a fixed meta-response (said in each test); the session test runs the real one."""
 import argparse
+import os
 import json
 import logging
 import wave
@@ -186,10 +187,12 @@ def test_stream_prints_the_reply_as_it_grows(capsys):
         [None, "a ", " plain ", "plain"]
 
 
-def test_zoo_flags_take_both_spellings():
+def test_zoo_flags_take_both_spellings(tmp_path):
+    sd, aldm = str(tmp_path / "sd"), str(tmp_path / "aldm")  # local folders must exist (ZooConfig checks)
+    os.makedirs(sd), os.makedirs(aldm)
     p = argparse.ArgumentParser()
     generate.add_zoo_args(p)
-    a = generate.zoo_config(p.parse_args(["--text_to_image", "/models/sd", "--text-to-audio", "/models/aldm",
+    a = generate.zoo_config(p.parse_args(["--text_to_image", sd, "--text-to-audio", aldm,
                                           "--zoo", "tiny", "--image-steps", "3", "--video_frames", "2"]))
-    assert (a.text_to_image, a.text_to_video, a.text_to_audio) == ("/models/sd", "tiny", "/models/aldm")
+    assert (a.text_to_image, a.text_to_video, a.text_to_audio) == (sd, "tiny", aldm)
     assert (a.image_steps, a.video_frames, a.audio_steps) == (3, 2, generate.PRESETS["tiny"].audio_steps)
