@@ -33,9 +33,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import encode
-from agent import IGNORE, PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, format_meta_response, save_adapter
-from data.records import DataError, read_valid  # the data format's one validator (data/README.md)
+from agent import PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, format_meta_response, save_adapter
+from dataset import load_split, stats_sample, to_batch  # records -> batches, lazily (features in encode.py's store)
 
 
 def flag(default, help, choices=None):  # noqa: A002 -- a dataclass field that carries its --help text
@@ -51,8 +50,9 @@ class TrainConfig:
     cache_dir: str = flag(".cache/features", "encode.py's feature cache")
     encoder_checkpoint: str = flag("", "imagebind_huge weights file for encode.py ('' = its default)")
     encode_missing: bool = flag(True, "encode media missing from the cache (rank 0), else print the command")
-    bad_records: str = flag("skip", "a line that is not a valid record (data/README.md) or is longer than max_len "
-                            "tokens: skip (counted, file:line) or stop", ("skip", "stop"))
+    bad_records: str = flag("skip", "a line that is not a valid record (data/README.md), found when the file is read, "
+                            "or longer than max_len tokens, found when its batch is built: skip (file:line) or stop",
+                            ("skip", "stop"))
     epochs: int = flag(1, "passes over the training data")
     max_steps: int = flag(0, "optimizer steps (0 = epochs x steps per epoch)")
     batch_size: int = flag(8, "records per optimizer step, summed over workers and micro-steps")
@@ -149,112 +149,7 @@ def config_problems(cfg: TrainConfig, acfg: AgentConfig) -> list[str]:
     return problems
 
 
-# ---------------------------------------------------------------- data
-def read_records(path: str, cfg: TrainConfig, master: bool) -> list[tuple[int, dict]]:
-    """(line number, record) of every valid record (data.records, the validator the data tools use)."""
-    try:
-        return read_valid(path, cfg.bad_records, say=print if master else lambda _: None)
-    except DataError as e:
-        raise SystemExit(str(e)) from None
-
-
-def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, master: bool, device) -> dict:
-    """{media file: ImageBind feature (feat_dim,)} from encode.py's cache, encoding what is missing (rank 0)."""
-    ckpt, where = cfg.encoder_checkpoint or None, {}  # file -> (line, modality) of its first record
-    for n, rec in records:
-        for m in rec.get("media", []):
-            file = str(Path(path).parent / m["path"])  # records are valid: a modality and a path
-            if not os.path.isfile(file):
-                raise SystemExit(f"{path}:{n}: record {rec['id']!r}: media item {m} names no existing file "
-                                 f"(looked for {file!r}){_outside(path, file)}")
-            where.setdefault(file, (n, m["modality"]))
-    cache = {f: encode.cache_path(f, mod, acfg.encoder, cfg.cache_dir, ckpt) for f, (_, mod) in where.items()}
-    missing = [f for f, c in cache.items() if not c.exists()]
-    if missing and not cfg.encode_missing:
-        command = f"python encode.py {path} --encoder {acfg.encoder} --cache-dir {cfg.cache_dir}"
-        raise SystemExit(f"{path}:{where[missing[0]][0]}: {missing[0]} (and {len(missing) - 1} more media files) not "
-                         f"in the feature cache {cfg.cache_dir}. Encode them first:\n  {command}"
-                         + (f" --checkpoint {ckpt}" if ckpt else ""))
-    error = [None]  # rank 0 encodes; the other workers learn from it whether that worked
-    if missing and master:
-        try:
-            for mod in encode.MODALITIES:
-                todo = [f for f in missing if where[f][1] == mod]
-                if todo:
-                    encode.encode_files(todo, mod, acfg.encoder, cfg.cache_dir, ckpt, device=device)
-        except encode.EncodeError as e:
-            error = ["\n".join(f"{path}:{where[f][0]}: {f}: {why}{_outside(path, f)}" for f, why in e.failures.items())]
-    if missing and dist.is_initialized():
-        dist.broadcast_object_list(error)  # the others wait for rank 0's encoding, and stop if it failed
-    if error[0]:
-        raise SystemExit(error[0])
-    feats = {f: np.load(c) for f, c in cache.items()}
-    if any(x.shape != (acfg.feat_dim,) for x in feats.values()):
-        raise SystemExit(f"{cfg.cache_dir}: encoder {acfg.encoder!r} features are not {acfg.feat_dim}-d: --feat_dim?")
-    for f, x in feats.items():  # one NaN feature makes every weight NaN within a step
-        if not np.isfinite(x).all():
-            raise SystemExit(f"{path}:{where[f][0]}: {f}: its cached feature {cache[f]} is not finite (NaN/Inf): "
-                             "delete that file and encode again (encode.py refuses such features)")
-    return feats
-
-
-def _outside(path: str, file: str) -> str:
-    """A hint when a media path leaves the data file's folder (the usual cause: a path relative to another folder)."""
-    folder = os.path.realpath(Path(path).parent)
-    if os.path.commonpath([folder, os.path.realpath(file)]) == folder:
-        return ""
-    return f" (this path resolves outside the data folder {folder}: media paths are relative to the .jsonl's folder)"
-
-
-def load_split(path, model: ModaVerse, cfg, acfg, master, device) -> list[dict]:
-    """Records -> examples: token ids + labels (agent.build_example) + their media features, in record order."""
-    records = read_records(path, cfg, master)
-    feats = media_features(path, records, cfg, acfg, master, device)
-    out, too_long = [], []
-    for n, rec in records:
-        try:
-            ex = model.build_example(rec)
-        except ValueError:  # agent.build_example: longer than max_len (never truncated)
-            if cfg.bad_records == "stop":
-                raise SystemExit(f"{path}:{n}: record {rec.get('id')!r} is longer than max_len={acfg.max_len} "
-                                 "tokens: raise --max_len, shorten the record, or pass --bad_records skip")
-            too_long.append(n)
-            continue
-        files = [str(Path(path).parent / m["path"]) for m in rec.get("media", [])]
-        out.append(ex | {"n_sup": sum(t != IGNORE for t in ex["labels"][1:]),  # tokens the loss averages over
-                         "feats": np.array([feats[f] for f in files], np.float32).reshape(-1, acfg.feat_dim),
-                         "modalities": [m["modality"] for m in rec.get("media", [])], "record": rec})
-    if too_long and master:
-        print(f"{path}: skipped {len(too_long)} of {len(records)} records longer than max_len={acfg.max_len} tokens "
-              f"(lines {too_long[:10]}{' ...' if len(too_long) > 10 else ''})")
-    if not out:
-        raise SystemExit(f"{path}: no record fits max_len={acfg.max_len}: nothing to train on")
-    return out
-
-
-def stats_sample(data: list[dict], seed: int, feat_dim: int, per_modality: int = 1024):
-    """Up to per_modality media items of each modality, drawn (seeded, so every worker draws the same) from the
-    WHOLE training set: the first records of a file may lack a modality or be sorted by source.
-    -> feats (N, feat_dim) float32, modalities (N names)."""
-    where = {}  # modality -> [(example, item)]
-    for i, e in enumerate(data):
-        for j, m in enumerate(e["modalities"]):
-            where.setdefault(m, []).append((i, j))
-    rng, picked = np.random.default_rng(seed), []
-    for m in sorted(where):
-        picked += [(where[m][k], m) for k in sorted(rng.permutation(len(where[m]))[:per_modality])]
-    feats = np.array([data[i]["feats"][j] for (i, j), _ in picked], np.float32).reshape(-1, feat_dim)
-    return feats, [m for _, m in picked]
-
-
-def to_batch(model: ModaVerse, examples: list[dict], device) -> dict:
-    """Examples -> forward() keywords: (B, T) ids/mask/labels, media rows (M, feat_dim) in record order."""
-    b = model.collate(examples)
-    feats = torch.from_numpy(np.concatenate([e["feats"] for e in examples]))  # (M, feat_dim)
-    return {k: v.to(device) for k, v in b.items()} | {
-        "media_feats": feats.to(device), "media_modalities": [m for e in examples for m in e["modalities"]]}
-
-
+# ---------------------------------------------------------------- data (the records themselves: dataset.py)
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """One epoch's global batches: a permutation seeded by (seed, epoch), cut into batch_size pieces (the last
     may be shorter). Every worker computes the same list and takes its share of each batch: each record is used
@@ -384,12 +279,12 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]  # P + LoRA, frozen rest: before DDP
         assert all(p.dtype == torch.float32 for p in params), "trainable weights must be fp32: see lora.py"
-        data = load_split(cfg.data, model, cfg, acfg, master, device)
+        data = load_split(cfg.data, model, cfg, acfg, master, device)  # a compact index; records read per batch
         val = load_split(cfg.val_data, model, cfg, acfg, master, device) if cfg.val_data else []
-        feats, mods = stats_sample(data, cfg.seed, acfg.feat_dim)  # P's standardisation and initial scale
+        feats, mods = stats_sample(data.mods, data.item_features, cfg.seed)  # P's standardisation and initial scale
         model.projector.init_to_scale(model.llm.get_input_embeddings().weight.float().std().item(),
                                       torch.from_numpy(feats).to(device), mods)
-        unseen = sorted({m for e in val for m in e["modalities"]} - set(mods))
+        unseen = sorted((val.modalities() if val else set()) - set(mods))
         if unseen:
             raise SystemExit(f"{cfg.val_data}: has {unseen} media but {cfg.data} has none: P would meet a modality "
                              "it was never trained on. Add such records to the training data or drop them from val")
@@ -423,7 +318,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             epoch, pos = divmod(step, per_epoch)  # the data position follows from the step alone
             if epoch != order_epoch:
                 order, order_epoch = epoch_batches(len(data), cfg.batch_size, cfg.seed, epoch), epoch
-            batch = [data[i] for i in order[pos]]
+            batch = data.batch(order[pos])  # parsed, tokenised, features read from the store: now
             n_sup = sum(e["n_sup"] for e in batch)  # supervised tokens of the GLOBAL batch
             mine = batch[rank::world] or batch[:1]  # a worker with no record joins the all-reduce with weight 0
             weight = world / n_sup if batch[rank::world] else 0.0
