@@ -225,7 +225,7 @@ class HashIndex:
         self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
                         "hashed_ns INTEGER, sha256 TEXT)")
 
-    def digests(self, paths, hasher=file_sha256) -> tuple[dict, dict]:
+    def digests(self, paths) -> tuple[dict, dict]:
         """({path: sha256}, {path: OSError}) for paths (as given). Reads the bytes of new or changed files only."""
         paths = list(dict.fromkeys(str(p) for p in paths))
         absolute = {p: os.path.abspath(p) for p in paths}
@@ -240,7 +240,7 @@ class HashIndex:
                 st = os.stat(absolute[p])
                 size, mtime, hashed, sha = known.get(absolute[p], (None,) * 4)
                 if (size, mtime) != (st.st_size, st.st_mtime_ns) or st.st_mtime_ns > hashed - RACY_NS:
-                    now, sha = time.time_ns(), hasher(absolute[p])
+                    now, sha = time.time_ns(), file_sha256(absolute[p])  # the only read of media bytes
                     new.append((absolute[p], st.st_size, st.st_mtime_ns, now, sha))
                 shas[p] = sha
             except OSError as e:

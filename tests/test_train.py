@@ -357,3 +357,18 @@ def test_over_long_record_is_skipped_and_named_or_stops(data, model, capsys):
     assert all(e["n_sup"] > 0 and len(e["input_ids"]) <= 256 for e in examples)
     with pytest.raises(SystemExit, match=r"long.jsonl:2: record 'train-1' is longer than max_len=256"):
         load(path, model, data["cache"], bad_records="stop")
+
+
+def test_a_loaded_split_holds_a_compact_index_not_records_or_features(data, model):
+    """Lazy loading (dataset.py): per record and media item a few integers; features stay in the store's mmap."""
+    split = load(data["train"], model, data["cache"], split=True)
+    n_items = 12 + 4  # make_data: an image per record, an audio clip in records 0, 3, 6, 9
+    arrays = [v for v in vars(split).values() if isinstance(v, np.ndarray)]
+    assert len(split) == 12 and split.extra.shape == (0, 512)  # no feature in memory: all in the packed store
+    assert sum(a.nbytes for a in arrays) <= 32 * len(split) + 16 * n_items
+    assert not [k for k, v in vars(split).items() if isinstance(v, (list, dict, set)) and len(v)]
+    batch = split.batch([3, 0])  # built now: parsed, tokenised, features read from the store
+    assert [e["record"]["id"] for e in batch] == ["train-3", "train-0"] and batch[0]["modalities"] == ["image", "audio"]
+    root = data["root"] / "media"
+    expected = encode.encode_files([root / "train-3.png"], "image", "tiny", data["cache"])  # cached: no encoder runs
+    np.testing.assert_array_equal(batch[0]["feats"][:1], expected)
