@@ -230,7 +230,7 @@ def ensure_cached(paths, modality: str, encoder: str = "tiny", cache_dir=".cache
                 # a NaN input can come out finite but meaningless; items never mix, so the others stay good
                 finite = x.flatten(1).isfinite().all(1).cpu().numpy() & np.isfinite(emb.astype(store.dtype)).all(1)
                 for p in np.array(list(group))[~finite]:
-                    failures[p] = f"non-finite feature (NaN/Inf in the input or the model output, or beyond {store.dtype})"
+                    failures[p] = f"non-finite feature (NaN/Inf in the input or the model output, or over {store.dtype})"
                 writer.add([keys[p] for p in np.array(list(group))[finite]], emb[finite])
     bar.close()
     if failures:

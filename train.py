@@ -15,6 +15,7 @@ Checkpoint = out_dir/ (rank 0 writes, every file atomically: temp file + os.repl
     train_config.json, log.jsonl       the run's configs; one JSON line per logged step / evaluation
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from agent import PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, format_meta_response, save_adapter
-from dataset import load_split, stats_sample, to_batch  # records -> batches, lazily (features in encode.py's store)
+from dataset import Prefetch, load_split, stats_sample, to_batch  # records -> batches, lazily (dataset.py)
 
 
 def flag(default, help, choices=None):  # noqa: A002 -- a dataclass field that carries its --help text
@@ -312,13 +313,12 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             print(f"{len(data)} train / {len(val)} val records, {per_epoch} steps per epoch, {total} steps, {world} "
                   f"worker(s) on {device}, autocast {ptdtype}, {sum(p.numel() for p in params):,} trainable")
         bar = tqdm(total=total, initial=step, unit="step", disable=None if master else True)
-        t_start, step0, order_epoch = time.time(), step, -1
+        orders = functools.lru_cache(maxsize=2)(lambda epoch: epoch_batches(len(data), cfg.batch_size, cfg.seed, epoch))
+        batches = Prefetch(data, lambda s: orders(s // per_epoch)[s % per_epoch])  # the data position: the step alone
+        t_start, step0 = time.time(), step
         while step < total:
             t0 = time.time()
-            epoch, pos = divmod(step, per_epoch)  # the data position follows from the step alone
-            if epoch != order_epoch:
-                order, order_epoch = epoch_batches(len(data), cfg.batch_size, cfg.seed, epoch), epoch
-            batch = data.batch(order[pos])  # parsed, tokenised, features read from the store: now
+            batch = batches.get(step, total)  # parsed, tokenised, features from the store (while the last step ran)
             n_sup = sum(e["n_sup"] for e in batch)  # supervised tokens of the GLOBAL batch
             mine = batch[rank::world] or batch[:1]  # a worker with no record joins the all-reduce with weight 0
             weight = world / n_sup if batch[rank::world] else 0.0
@@ -361,6 +361,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
                     f"tok/s {last['tok_per_s']:.0f} | elapsed {t - t_start:.1f}s | eta {last['eta_s']:.0f}s")
             if val and (step == total or (cfg.eval_every and step % cfg.eval_every == 0)):
                 if master:
+                    batches.settle()  # the tokenizer is not thread-safe: no batch is built while evaluate tokenises
                     res = evaluate(raw_model, val, cfg, ctx, device)
                     last |= res
                     log(log_path, {"step": step} | res, f"step {step}/{total} | val_loss {res['val_loss']:.4f} | "
@@ -372,6 +373,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             if step == cfg.stop_after:
                 break
         bar.close()
+        batches.close()
         return last
     finally:
         if dist.is_initialized():

@@ -122,7 +122,7 @@ def test_cache_hit_miss_and_invalidation(media, tmp_path, monkeypatch):
     assert len(calls) == 1 and not np.allclose(changed, first)
 
     monkeypatch.setitem(encode.ENCODERS, "tiny", encode.EncoderConfig(64, 2, 4, 512, seed=1))
-    assert encode.encoder_id("tiny") not in {p.name for p in (tmp_path / "c").iterdir()}  # another encoder, another folder
+    assert encode.encoder_id("tiny") not in {p.name for p in (tmp_path / "c").iterdir()}  # another encoder: folder
     encode.load_encoder.cache_clear()
     other = encode.encode_files([png], "image", "tiny", cache_dir=tmp_path / "c", progress=False)
     encode.load_encoder.cache_clear()
@@ -187,9 +187,9 @@ def test_a_kill_before_the_index_commit_leaves_the_store_as_it_was(media, tmp_pa
     (store,) = [FeatureStore(f) for f in tmp_path.glob("*/store")]
     assert len(store) == 0 and (store.folder / "shard-00000.bin").stat().st_size == 512 * 4  # rows, no index
     assert not list(store.folder.glob("index*"))
-    x = encode.encode_files([media / "red.png", media / "blue.png"], "image", "tiny", cache_dir=tmp_path, progress=False)
-    ref = encode.encode_files([media / "red.png", media / "blue.png"], "image", "tiny", cache_dir=tmp_path / "ref",
-                              progress=False)
+    both = [media / "red.png", media / "blue.png"]
+    x = encode.encode_files(both, "image", "tiny", cache_dir=tmp_path, progress=False)
+    ref = encode.encode_files(both, "image", "tiny", cache_dir=tmp_path / "ref", progress=False)
     assert np.array_equal(x, ref) and len(cached(tmp_path)) == 2
     assert (store.folder / "shard-00000.bin").stat().st_size == 2 * 512 * 4  # the leftover row was overwritten
 
