@@ -122,8 +122,8 @@ def scan(path: str, bad: str, say):
             skipped.append(f"  {path}:{n}: {'; '.join(problems)}")
             continue
         lines.append(n)
-        for m in record_media(rec):  # each (file, modality) gets one id
-            items.append(ids.setdefault((os.path.join(root, m["path"]), m["modality"]), len(ids)))
+        for m in record_media(rec):  # each (file, modality) gets one id; a modality code, not a str per item
+            items.append(ids.setdefault((os.path.join(root, m["path"]), CODE[m["modality"]]), len(ids)))
         ptr.append(len(items))
     if skipped:
         say(f"{path}: skipped {len(skipped)} of {len(lines) + len(skipped)} records not in the data format "
@@ -141,36 +141,49 @@ def _outside(path: str, file: str) -> str:
     return f" (this path resolves outside the data folder {folder}: media paths are relative to the .jsonl's folder)"
 
 
+def locate(files: list, mod: str, cfg, acfg):
+    """encode.locate, 100k files at a time (its dicts of paths, hashes and keys are transient: memory stays flat).
+    -> (store, rows, legacy {i: .npy}, failures {file: why})"""
+    rows, legacy, failures, store = np.empty(len(files), np.int64), {}, {}, None
+    for at in range(0, len(files), 100_000):
+        store, _, r, leg, fail = encode.locate(files[at:at + 100_000], mod, acfg.encoder, cfg.cache_dir,
+                                               cfg.encoder_checkpoint or None)
+        rows[at:at + len(r)], failures = r, failures | fail
+        legacy |= {at + i: f for i, f in leg.items()}
+    return store, rows, legacy, failures
+
+
 def _record_id(path, n: int):
     with open(path, "rb") as f:  # only for an error message: read up to line n
         return json.loads(next(itertools.islice(f, n - 1, None)).decode("utf-8-sig")).get("id")
 
 
-def _prepare(path, first, cfg, acfg, device) -> str | None:
-    """Rank 0: hash new media files (once), and encode what the cache lacks (or say how). -> an error or None.
-    first: {modality: {file: line of its first record}}."""
-    ckpt, missing, failed = cfg.encoder_checkpoint or None, [], {}
+def _prepare(path, first, cfg, acfg, device) -> tuple[str | None, dict]:
+    """Rank 0: hash new media files (once), and encode what the cache lacks (or say how).
+    first: {modality: {file: line of its first record}}. -> (an error or None, {modality: locate()} when final)"""
+    ckpt, missing, failed, found = cfg.encoder_checkpoint or None, [], {}, {}
     for mod, by_file in first.items():
-        _, _, rows, legacy, failures = encode.locate(list(by_file), mod, acfg.encoder, cfg.cache_dir, ckpt)
+        found[mod] = _, rows, legacy, failures = locate(list(by_file), mod, cfg, acfg)
         failed |= {(f, mod): why for f, why in failures.items()}
         missing += [(f, mod) for i, f in enumerate(by_file) if rows[i] < 0 and i not in legacy and f not in failures]
     if failed:
         return "\n".join(f"{path}:{first[m][f]}: record {_record_id(path, first[m][f])!r}: media file {f!r} {why}"
-                         f"{_outside(path, f)}" for (f, m), why in failed.items())
+                         f"{_outside(path, f)}" for (f, m), why in failed.items()), {}
     if missing and not cfg.encode_missing:
         line, f = min((first[m][f], f) for f, m in missing)
         command = f"python encode.py {path} --encoder {acfg.encoder} --cache-dir {cfg.cache_dir}"
         return (f"{path}:{line}: {f} (and {len(missing) - 1} more media files) not in the feature cache "
-                f"{cfg.cache_dir}. Encode them first:\n  {command}" + (f" --checkpoint {ckpt}" if ckpt else ""))
-    for mod in first:
+                f"{cfg.cache_dir}. Encode them first:\n  {command}" + (f" --checkpoint {ckpt}" if ckpt else "")), {}
+    for mod in first if missing else ():
         try:
             encode.ensure_cached([f for f, m in missing if m == mod], mod, acfg.encoder, cfg.cache_dir, ckpt,
                                  device=device)
         except encode.EncodeError as e:
-            return "\n".join(f"{path}:{first[mod][f]}: {f}: {why}{_outside(path, f)}" for f, why in e.failures.items())
+            failures = e.failures.items()
+            return "\n".join(f"{path}:{first[mod][f]}: {f}: {why}{_outside(path, f)}" for f, why in failures), {}
         except encode.StoreBusy as e:
-            return str(e)
-    return None
+            return str(e), {}
+    return None, {} if missing else found  # after encoding, every worker locates again
 
 
 def load_split(path, model: ModaVerse, cfg, acfg, master: bool, device) -> Split:
@@ -186,8 +199,9 @@ def load_split(path, model: ModaVerse, cfg, acfg, master: bool, device) -> Split
     fid_line[fids] = item_line[at]
     first = {}  # {modality: {file: line of its first record}}: each file once, in order of appearance
     for (f, m), fid in ids.items():
-        first.setdefault(m, {})[f] = int(fid_line[fid])
-    error = [_prepare(path, first, cfg, acfg, device) if master else None]
+        first.setdefault(encode.MODALITIES[m], {})[f] = int(fid_line[fid])
+    error, found = _prepare(path, first, cfg, acfg, device) if master else (None, {})
+    error = [error]
     if dist.is_initialized():
         dist.broadcast_object_list(error)  # the others wait for rank 0's hashing and encoding, and stop if it failed
     if error[0]:
@@ -196,15 +210,15 @@ def load_split(path, model: ModaVerse, cfg, acfg, master: bool, device) -> Split
     store = encode.locate([], "image", acfg.encoder, cfg.cache_dir, cfg.encoder_checkpoint or None)[0]
     for mod, by_file in first.items():
         files = list(by_file)
-        _, _, found, legacy, _ = encode.locate(files, mod, acfg.encoder, cfg.cache_dir, cfg.encoder_checkpoint or None)
+        _, rows, legacy, _ = found.get(mod) or locate(files, mod, cfg, acfg)  # rank 0 found them already
         for i, f in legacy.items():  # the older per-file cache: kept in memory (python -m data.store pack avoids it)
-            found[i] = -1 - len(extra)
+            rows[i] = -1 - len(extra)
             extra.append(np.load(f))
             if extra[-1].shape != (acfg.feat_dim,) or not np.isfinite(extra[-1]).all():
                 raise SystemExit(f"{path}:{by_file[files[i]]}: {files[i]}: its cached feature {f} is not finite "
                                  f"(NaN/Inf) or not {acfg.feat_dim}-d: delete that file and encode again")
-        fids = [ids[f, mod] for f in files]
-        fid_rows[fids], fid_mods[fids] = found, CODE[mod]
+        fids = [ids[f, CODE[mod]] for f in files]
+        fid_rows[fids], fid_mods[fids] = rows, CODE[mod]
     if store.dim != acfg.feat_dim and (fid_rows >= 0).any():
         raise SystemExit(f"{cfg.cache_dir}: encoder {acfg.encoder!r} features are {store.dim}-d, not {acfg.feat_dim}-d:"
                          " --feat_dim?")
