@@ -96,6 +96,25 @@ def chat_template(turns, tokens_per_item: int) -> list[tuple[str, str | int]]:
     return pieces
 
 
+def record_turns(record: dict) -> list[tuple[str, list, dict]]:
+    """A data record's conversation, oldest turn first: [(instruction, its media items, target)]. The earlier turns
+    ("turns", data/README.md §1) attach the next n_media items of record["media"] each, the last turn the rest: the
+    record lists its media in prompt order, so the flat feature rows train.py and embed() take stay in that order."""
+    media, turns, start = record.get("media", []), [], 0
+    for t in record.get("turns", []):
+        turns.append((t["instruction"], media[start:start + t.get("n_media", 0)], t["target"]))
+        start += t.get("n_media", 0)
+    return turns + [(record["instruction"], media[start:], record["target"])]
+
+
+def chat_request(record: dict, items: list) -> tuple[str, list, list]:
+    """(instruction, media, history) of a record's last turn, as respond_batch takes it: its earlier turns, with
+    their targets as the assistant's answers, are the history. items: the record's media in its order, e.g.
+    (modality, feature) pairs."""
+    *history, (instruction, media, _) = record_turns(record | {"media": items})
+    return instruction, media, [(q, m, format_meta_response(t)) for q, m, t in history]
+
+
 def render_chat(turns, tokens_per_item: int) -> str:
     """chat_template as one string (each placeholder shown as ▢): what --show_prompt prints."""
     return "".join("▢" * v if kind == "media" else v for kind, v in chat_template(turns, tokens_per_item))
@@ -208,11 +227,13 @@ class ModaVerse(nn.Module):
         return ids, labels
 
     def build_example(self, record: dict) -> dict:
-        """One data record (data/README.md) -> dict(input_ids, labels). A record longer than cfg.max_len is an
-        error, never cut: a truncated meta-response would teach the LLM to stop mid-JSON (or, with the prompt
-        filling max_len, give no supervised token: a silent zero loss). train.py skips or stops on it."""
-        turn = (record["instruction"], record.get("media", []), format_meta_response(record["target"]))
-        ids, labels = self.encode_chat([turn])
+        """One data record (data/README.md) -> dict(input_ids, labels). Every assistant turn of a multi-turn record
+        is supervised (its meta-response and END), as LLaVA trains conversations; the prompt is chat_template, as
+        in the interactive chat. A record longer than cfg.max_len (the whole conversation) is an error, never
+        cut: a truncated meta-response would teach the LLM to stop mid-JSON (or, with the prompt filling max_len,
+        give no supervised token: a silent zero loss). train.py skips or stops on it."""
+        turns = [(q, media, format_meta_response(target)) for q, media, target in record_turns(record)]
+        ids, labels = self.encode_chat(turns)
         if len(ids) > self.cfg.max_len:
             raise ValueError(f"record {record.get('id')!r} has {len(ids)} tokens, more than "
                              f"max_len={self.cfg.max_len}: raise AgentConfig.max_len or shorten it")

@@ -330,7 +330,7 @@ def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu
     respond_batch, batch_size records at a time (default 64), sorted by prompt length so
     a batch holds similar lengths; the same text as respond() one record at a time."""
     import encode
-    from agent import load_adapter
+    from agent import chat_request, load_adapter
     from lora import merge_lora
 
     model = load_adapter(adapter, device).eval()
@@ -346,8 +346,8 @@ def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu
             raise ValueError(f"encoder {model.cfg.encoder!r} gives {x.shape[1]}-d features, the adapter reads "
                              f"{model.cfg.feat_dim}-d")
         feats.update({(modality, p): row for p, row in zip(paths, x)})
-    requests = [(rec["instruction"], [(m["modality"], feats[m["modality"], os.path.join(data_dir, m["path"])])
-                                      for m in rec.get("media", [])]) for rec in records]
+    requests = [chat_request(rec, [(m["modality"], feats[m["modality"], os.path.join(data_dir, m["path"])])
+                                   for m in rec.get("media", [])]) for rec in records]  # multi-turn: last turn
     t0 = time.perf_counter()  # batch 64 (2 CPU cores, toy): 2.2x faster than 16
     texts = model.respond_batch(requests, max_new_tokens=max_new_tokens, batch_size=batch_size)
     print(f"predicted {len(records)} records in {time.perf_counter() - t0:.1f} s (batch {batch_size})", file=sys.stderr)
@@ -387,6 +387,8 @@ def run(argv=None):
     p.add_argument("--encoder", default="toy", help="with --ceiling and --predictions: the encode.py preset of "
                    "the features (with --adapter: the adapter's)")
     p.add_argument("--out", help="write the whole report here as JSON")
+    p.add_argument("--html", action=argparse.BooleanOptionalAction, default=False, help="also write the results "
+                   "page index.html into the run folder (--adapter, else --out's folder; report.py)")
     args = p.parse_args(argv)
     if not args.data and not args.generated:
         p.error("give a data split (with --predictions or --adapter) and/or --generated DIR")
@@ -436,6 +438,12 @@ def run(argv=None):
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, ensure_ascii=False)
         print(f"\nwrote {args.out}")
+    if args.html:
+        from report import write_page  # lazy: the page (matplotlib) only when asked for
+
+        page = write_page(args.adapter or os.path.dirname(args.out or "") or ".", args.data,
+                          preds if args.data else {}, {args.data or "generated": report}, args.generated)
+        print(f"wrote {page}: open it in a browser, no server needed")
 
 
 if __name__ == "__main__":

@@ -103,12 +103,17 @@ def main(argv=None):
     ap.add_argument("--encoder", choices=sorted(ENCODERS), default="toy", help="which ImageBind (default: toy)")
     ap.add_argument("--checkpoint", help="local imagebind_huge .pth file (encoder huge)")
     ap.add_argument("--cache-dir", default=".cache/features", help="encode.py's feature cache")
+    ap.add_argument("--out", help="also write the table here as JSON (report.py shows it on the results page)")
     args = ap.parse_args(argv)
     kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.checkpoint)
     print(f"{'modality':8} {'attribute':10} {'values':>6} {'chance':>6} {'split':>6} {'held-out combos':>15}")
-    for r in probe(args.media, **kw):
+    rows = probe(args.media, **kw)
+    for r in rows:
         print(f"{r['modality']:8} {r['attribute']:10} {r['values']:6d} {r['chance']:6.2f} {r['split']:6.2f} "
               f"{r['held_out_combos']:15.2f}")
+    if args.out:  # JSON has no NaN: a probe that does not apply is null
+        rows = [{k: None if v != v else v for k, v in r.items()} for r in rows]
+        Path(args.out).write_text(json.dumps({"media": args.media, "encoder": args.encoder, "rows": rows}, indent=2))
     if args.ceiling:
         records = [json.loads(line) for line in open(args.ceiling, encoding="utf-8") if line.strip()]
         ok = record_ceilings(records, str(Path(args.ceiling).parent), args.media, **kw)

@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from agent import PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, format_meta_response, save_adapter
+from agent import PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, chat_request, format_meta_response, save_adapter
 from dataset import Prefetch, load_split, stats_sample, to_batch  # records -> batches, lazily (dataset.py)
 
 
@@ -59,6 +59,8 @@ class TrainConfig:
     batch_size: int = flag(8, "records per optimizer step, summed over workers and micro-steps")
     micro_batch: int = flag(8, "records per forward/backward on a worker; gradient accumulation does the rest")
     lr: float = flag(1e-3, "peak learning rate (AdamW)")
+    projector_lr: float = flag(1.0, "P's learning rate as a fraction of --lr (P starts at the LLM's token scale, "
+                                    "see project.init_to_scale; at the LoRA's rate it outgrows it within steps)")
     min_lr_frac: float = flag(0.1, "final learning rate of the cosine, as a fraction of lr")
     warmup_frac: float = flag(0.05, "linear warmup, as a fraction of the steps")
     weight_decay: float = flag(0.0, "AdamW weight decay")
@@ -136,6 +138,7 @@ def config_problems(cfg: TrainConfig, acfg: AgentConfig) -> list[str]:
     """What makes no sense in a configuration, checked before anything is loaded."""
     checks = [(cfg.gpus >= 1, f"--gpus {cfg.gpus}: at least 1 worker"),
               (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: a learning rate must be positive"),
+              (cfg.projector_lr > 0 and math.isfinite(cfg.projector_lr), "--projector_lr: must be positive"),
               (min(cfg.epochs, cfg.batch_size, cfg.micro_batch) >= 1, "--epochs, --batch_size, --micro_batch: >= 1"),
               (min(cfg.max_steps, cfg.eval_every, cfg.save_every, cfg.val_max, cfg.val_respond, cfg.stop_after,
                    cfg.weight_decay, cfg.grad_clip) >= 0, "--max_steps, --eval_every, --save_every, --val_max, "
@@ -182,7 +185,7 @@ def evaluate(model: ModaVerse, val: list[dict], cfg: TrainConfig, ctx, device) -
         loss_sum, n_tok = loss_sum + loss.item() * k, n_tok + k
     asked = val[:cfg.val_respond]
     with ctx:  # batched greedy decoding, the same text as one at a time; budget: the target's length + 8 tokens
-        texts = model.respond_batch([(e["record"]["instruction"], list(zip(e["modalities"], e["feats"])))
+        texts = model.respond_batch([chat_request(e["record"], list(zip(e["modalities"], e["feats"])))
                                      for e in asked], [e["n_sup"] + 8 for e in asked], batch_size=cfg.micro_batch)
     hits = sum(text == format_meta_response(e["record"]["target"]) for text, e in zip(texts, asked))
     model.train()
@@ -296,7 +299,10 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # fp16: GradScaler vs underflow
         ctx = torch.autocast(dt_type, dtype=ptdtype, enabled=ptdtype != torch.float32)
         scaler = torch.amp.GradScaler(dt_type, enabled=ptdtype == torch.float16)
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        groups = [{"params": [p for p in raw_model.projector.parameters() if p.requires_grad], "scale": cfg.projector_lr},
+                  {"params": [p for p in raw_model.llm.parameters() if p.requires_grad], "scale": 1.0}]  # P, LoRA
+        assert sum(len(g["params"]) for g in groups) == len(params), "a trainable tensor outside P and the LLM"
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         per_epoch = math.ceil(len(data) / cfg.batch_size)
         total = cfg.max_steps or cfg.epochs * per_epoch
         for seed_fn in (torch.manual_seed, np.random.seed, random.seed):  # each worker its own dropout masks
@@ -325,7 +331,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             micro = [mine[i:i + cfg.micro_batch] for i in range(0, len(mine), cfg.micro_batch)]
             lr = get_lr(step, total, cfg)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["scale"]
             loss_sum = torch.zeros((), device=device)
             for k, chunk in enumerate(micro):
                 if world > 1:  # all-reduce the gradients once, on the last micro-step (as nanoGPT)

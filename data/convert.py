@@ -73,8 +73,10 @@ def _caption_record(rid: str, modality: str, path: str, caption: str) -> dict:
 
 def read_llava(path: str, kind: str = "input") -> Iterator[tuple[str, dict]]:
     """LLaVA conversation JSON (a list, or .jsonl): {"id", "image", "conversations": [{"from":
-    "human", "value": "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]}. One record per turn
-    (the image is attached to each, since every answer is about it); text-only items are skipped."""
+    "human", "value": "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]}. One record per conversation,
+    kept whole: its last question and answer are the record's instruction and target, the earlier ones its
+    "turns" (data/README.md §1), the image attached to the first turn, as LLaVA trains them; every answer is
+    supervised (agent.build_example). Text-only items are skipped."""
     if path.endswith(".jsonl"):
         items = []
         with open(path, encoding="utf-8") as fh:
@@ -99,12 +101,15 @@ def read_llava(path: str, kind: str = "input") -> Iterator[tuple[str, dict]]:
         if len(turns) % 2 or any(not isinstance(t, dict) or t.get("from") != ("human", "gpt")[i % 2]
                                  or not isinstance(t.get("value"), str) for i, t in enumerate(turns)):
             raise DataError(f"{where}: 'conversations' must alternate human/gpt turns with string 'value's")
-        for t in range(len(turns) // 2):
-            question = turns[2 * t]["value"].replace("<image>", "").strip()
-            rid = f"llava-{item.get('id', n)}-{t}"
-            yield where, {"id": rid, "kind": kind, "instruction": question,
-                          "media": [{"modality": "image", "path": item["image"]}],
-                          "target": {"response": turns[2 * t + 1]["value"].strip(), "invocations": []}}
+        pairs = [{"instruction": turns[t]["value"].replace("<image>", "").strip(), "n_media": int(t == 0),
+                  "target": {"response": turns[t + 1]["value"].strip(), "invocations": []}}
+                 for t in range(0, len(turns), 2)]
+        if not pairs:
+            raise DataError(f"{where}: 'conversations' is empty")
+        *earlier, last = pairs
+        rec = {"id": f"llava-{item.get('id', n)}", "kind": kind, "instruction": last["instruction"],
+               "media": [{"modality": "image", "path": item["image"]}], "target": last["target"]}
+        yield where, rec | ({"turns": earlier} if earlier else {})
 
 
 def read_coco(path: str) -> Iterator[tuple[str, dict]]:

@@ -5,10 +5,11 @@ projector P and the LoRA of the LLM (paper Sec. 3.2: input-side, output-side and
 offline and on a CPU. Every media item is a PNG, WAV or MP4 described by a few attributes that a *random*
 ImageBind still carries (colour; audio pitch, waveform, rhythm: see data/README.md), and some attribute
 combinations are kept out of training so that the test split measures generalisation. A second test file,
-test_wordings.jsonl, asks in phrasings that no training template uses (requests, refusals, text-only questions).
+test_wordings.jsonl, asks in phrasings that no training template uses (requests, refusals, text-only questions);
+a third, test_multiturn.jsonl, holds two-turn conversations like the few appended to train (data/README.md §4).
 
 Run (same seed -> byte-identical files):
-    python data/make_toy.py --out data/toy --seed 0                 # full: 3600 records + 100, 428 media files
+    python data/make_toy.py --out data/toy --seed 0                 # full: 3660 records + 140, 428 media files
     python data/make_toy.py --out /tmp/toy --seed 0 --preset small  # tests / CI: a few seconds
 The record format and the design are specified in data/README.md. This file imports no stage.
 """
@@ -33,13 +34,17 @@ class ToyConfig:
     audios: tuple[int, int, int]
     videos: tuple[int, int, int]
     records: tuple[int, int, int]  # instruction records per split
+    multiturn: tuple[int, int] = (0, 0)  # two-turn records appended to train, and in test_multiturn.jsonl
 
 
 PRESETS = {
-    "small": ToyConfig(images=(16, 8, 8), audios=(30, 15, 15), videos=(16, 8, 8), records=(400, 60, 60)),
-    "full": ToyConfig(images=(72, 24, 24), audios=(90, 45, 45), videos=(64, 32, 32), records=(3000, 300, 300)),
+    "small": ToyConfig(images=(16, 8, 8), audios=(30, 15, 15), videos=(16, 8, 8), records=(400, 60, 60),
+                       multiturn=(8, 12)),
+    "full": ToyConfig(images=(72, 24, 24), audios=(90, 45, 45), videos=(64, 32, 32), records=(3000, 300, 300),
+                      multiturn=(60, 40)),
 }
 SPLITS = ("train", "val", "test")
+FILES = {"wordings": "test_wordings", "multiturn": "test_multiturn"}  # the other test files, by their records' key
 MODELS = ("text-to-image", "text-to-video", "text-to-audio")
 SIZE, SAMPLE_RATE, SECONDS, FPS = 224, 16000, 2.0, 10   # image/video side, audio rate, clip length, video fps
 
@@ -498,6 +503,31 @@ def make_wordings(media_rows: list[dict], seed: int) -> list[dict]:
     return out
 
 
+FOLLOW_UPS = (f_paint_thing, f_paint_instrument, f_colour_instrument, f_replay_sound, f_food, f_instrument, f_beeps)
+
+
+def make_multiturn(media_rows: list[dict], split: str, n: int, seed: int) -> list[dict]:
+    """Two-turn conversations (data/README.md §1 "turns"): a media item is described, then a follow-up family asks
+    about it again (and may attach a second item). Their own RNG stream: the single-turn records stay the same.
+    In train no held-out combination, as in make_records; test_multiturn.jsonl may hold any (it tests the turns)."""
+    rng = np.random.default_rng([seed, 300 + SPLITS.index(split)])
+    pick, out = picker(media_rows, split, rng), []
+    while len(out) < n:
+        first, fam = f_describe_one(rng, pick), FOLLOW_UPS[rng.integers(len(FOLLOW_UPS))]
+        item = first[2][0]
+        made = fam(rng, lambda modality, colour=None: item if modality == item["modality"] else pick(modality, colour))
+        if item not in made[2] or (split == "train" and any(map(is_held_out, made[5]))):
+            continue  # the follow-up must be about the first turn's item
+        items = [item] + [x for x in made[2] if x is not item]  # prompt order: the first turn's item, then the new
+        needs = [[items.index(made[2][i]), key] for i, key in made[6]]
+        rec = record(f"toy-{split}-multiturn-{len(out):05d}", split, fam,
+                     (made[0], made[1], items, made[3], made[4], made[5], needs))
+        rec["family"] = "followup_" + rec["family"]
+        out.append(rec | {"turns": [{"instruction": first[1], "n_media": 1,
+                                     "target": {"response": first[3], "invocations": []}}]})
+    return out
+
+
 def held_out_pieces() -> set[str]:
     """The literal pieces (2+ words, lower case) of every HELD_OUT_WORDS phrasing; no train/val instruction
     may contain one."""
@@ -519,11 +549,14 @@ def check(records: dict[str, list[dict]], media_rows: list[dict]) -> None:
     for split, recs in records.items():
         for r in recs:
             held = [c for c in r["combos"] if is_held_out(c)]
-            require(split == "wordings" or (not held if split == "train" else bool(held)),
+            require(split in ("wordings", "multiturn") or (not held if split == "train" else bool(held)),
                     f"{r['id']}: held-out combos {held} in {split}")
-            said = [p for p in pieces if p in r["instruction"].lower()]
-            require(split in ("test", "wordings") or not said, f"{r['id']}: held-out wording {said} in {split}")
-            require(all(split_of[m["path"]] == split.replace("wordings", "test") for m in r["media"]),
+            text = " ".join([r["instruction"]] + [t["instruction"] for t in r.get("turns", [])]).lower()
+            said = [p for p in pieces if p in text]
+            require(split in ("test", "wordings", "multiturn") or not said,
+                    f"{r['id']}: held-out wording {said} in {split}")
+            require(all(split_of[m["path"]] == {"wordings": "test", "multiturn": "test"}.get(split, split)
+                        for m in r["media"]),
                     f"{r['id']} uses another split's media")
             invocations = r["target"]["invocations"]
             require(all(i["model"] in MODELS and i["prompt"] for i in invocations), f"{r['id']}: bad invocation")
@@ -541,7 +574,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def build(out_dir: str, seed: int = 0, preset: str = "full") -> dict[str, int]:
-    """Write media files, media.jsonl, {train,val,test}.jsonl and test_wordings.jsonl under out_dir; returns counts."""
+    """Write media files, media.jsonl, {train,val,test}.jsonl, test_wordings.jsonl and test_multiturn.jsonl under
+    out_dir; returns counts."""
     cfg, out = PRESETS[preset], Path(out_dir)
     if (out / "media.jsonl").exists():  # a previous toy set: clear only what we wrote, so no stale files remain
         for folder, *_ in MEDIA.values():
@@ -549,10 +583,12 @@ def build(out_dir: str, seed: int = 0, preset: str = "full") -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     media_rows = make_media(out, cfg, seed)
     records = make_records(media_rows, cfg, seed) | {"wordings": make_wordings(media_rows, seed)}
+    records["train"] += make_multiturn(media_rows, "train", cfg.multiturn[0], seed)  # after the others: they stay
+    records["multiturn"] = make_multiturn(media_rows, "test", cfg.multiturn[1], seed)
     check(records, media_rows)
     write_jsonl(out / "media.jsonl", media_rows)
     for split, recs in records.items():
-        write_jsonl(out / f"{split.replace('wordings', 'test_wordings')}.jsonl", recs)
+        write_jsonl(out / f"{FILES.get(split, split)}.jsonl", recs)
     counts = {f"media_{m}": sum(r["modality"] == m for r in media_rows) for m in MEDIA}
     counts.update({f"{split}_{kind}": sum(r["kind"] == kind for r in recs)
                    for split, recs in records.items() for kind in ("input", "output", "reasoning")})
@@ -568,7 +604,7 @@ def main() -> None:
     args = p.parse_args()
     t0 = time.time()
     counts = build(args.out, args.seed, args.preset)
-    for split in (*SPLITS, "wordings"):
+    for split in (*SPLITS, "wordings", "multiturn"):
         print(f"{split:5s}: " + ", ".join(f"{k}={counts[f'{split}_{k}']}" for k in ("input", "output", "reasoning")))
     print("media: " + ", ".join(f"{m}={counts[f'media_{m}']}" for m in MEDIA))
     print(f"wrote {args.out} ({args.preset}, seed {args.seed}) in {time.time() - t0:.1f} s")

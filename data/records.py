@@ -9,7 +9,10 @@ student can swap any stage without touching the data tools. One record per line:
      "target": {"response": "A dog runs on a beach.",
                 "invocations": [{"model": "text-to-image", "prompt": "a dog on a beach, photo"}]}}
 
-Extra keys are allowed and ignored here. Use:
+A multi-turn record adds "turns": the earlier turns of the conversation, oldest first, each
+{"instruction", "n_media", "target"}; turn i attaches the next n_media items of "media" (default 0), the
+last turn (the record's own instruction and target) the rest, so "media" lists every item of the
+conversation in prompt order (data/README.md §1). Extra keys are allowed and ignored here. Use:
     from records import validate_record, read_jsonl, write_jsonl   # with data/ on sys.path
 """
 
@@ -48,23 +51,44 @@ def validate_record(rec) -> list[str]:
                 problems.append(f"media[{i}].modality must be one of {MODALITIES}")
             elif not isinstance(m.get("path"), str) or not m["path"]:
                 problems.append(f"media[{i}].path must be a non-empty string")
-    target = rec.get("target")
+    problems += _target_problems(rec.get("target"), "target", rec.get("kind") == "output")
+    turns = rec.get("turns", [])
+    if not isinstance(turns, list):
+        return problems + ["'turns' must be a list of earlier turns (may be absent)"]
+    attached = 0
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or not isinstance(t.get("instruction"), str) or not t["instruction"].strip():
+            problems.append(f"turns[{i}].instruction must be a non-empty string")
+            continue
+        n = t.get("n_media", 0)
+        if type(n) is not int or n < 0:  # type(): True is an int to isinstance
+            problems.append(f"turns[{i}].n_media must be a whole number >= 0, got {n!r}")
+        else:
+            attached += n
+        problems += _target_problems(t.get("target"), f"turns[{i}].target", False)
+    if isinstance(media, list) and attached > len(media):
+        problems.append(f"the turns attach {attached} media items, 'media' lists {len(media)}")
+    return problems
+
+
+def _target_problems(target, where: str, must_invoke: bool) -> list[str]:
+    """Problems with one meta-response (data/README.md §2); `where` names it in the messages."""
     if not isinstance(target, dict):
-        return problems + ["'target' must be an object with 'response' and 'invocations'"]
-    if not isinstance(target.get("response"), str):
-        problems.append("target.response must be a string")
+        return [f"'{where}' must be an object with 'response' and 'invocations'"]
+    problems = [] if isinstance(target.get("response"), str) else [f"{where}.response must be a string"]
     invocations = target.get("invocations")
     if not isinstance(invocations, list):
-        return problems + ["target.invocations must be a list (may be empty)"]
+        return problems + [f"{where}.invocations must be a list (may be empty)"]
     for i, inv in enumerate(invocations):
         if not isinstance(inv, dict) or inv.get("model") not in MODELS:
-            problems.append(f"target.invocations[{i}].model must be one of {MODELS}")
+            problems.append(f"{where}.invocations[{i}].model must be one of {MODELS}")
         elif not isinstance(inv.get("prompt"), str) or not inv["prompt"].strip():
-            problems.append(f"target.invocations[{i}].prompt must be a non-empty string")
-    if rec.get("kind") == "output" and not invocations:
+            problems.append(f"{where}.invocations[{i}].prompt must be a non-empty string")
+    if must_invoke and not invocations:
         problems.append("an 'output' record must invoke at least one model")
     elif not invocations and not str(target.get("response", "")).strip():
-        problems.append("a record without invocations needs a non-empty target.response")
+        problems.append(f"a {'record' if where == 'target' else 'turn'} without invocations needs a non-empty "
+                        f"{where}.response")
     return problems
 
 

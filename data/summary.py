@@ -43,7 +43,7 @@ def percentiles(values: list[int]) -> dict:
 def summarize(paths: list[str], count_tokens=lambda text: len(text.split()), unit: str = WORDS,
               check_files: bool = False, max_examples: int = 10) -> dict:
     """Everything the report shows, as plain data (tests assert on it; --json prints it)."""
-    kinds, combos, models, ids = Counter(), Counter(), Counter(), Counter()
+    kinds, combos, models, ids, turns = Counter(), Counter(), Counter(), Counter(), Counter()
     lengths = {"instruction": [], "meta_response": [], "total": []}
     invalid, missing, n = [], [], 0
     for path in paths:
@@ -61,7 +61,10 @@ def summarize(paths: list[str], count_tokens=lambda text: len(text.split()), uni
                 models["(none)"] += 1
             if check_files:
                 missing += [f"{path}:{lineno}: {p}" for p in missing_media(rec, base)]
-            a, b = count_tokens(rec["instruction"]), count_tokens(meta_response(rec["target"]))
+            turns[1 + len(rec.get("turns", []))] += 1
+            talk = [*rec.get("turns", []), rec]  # a multi-turn record: every turn counts (max_len is the whole)
+            a = sum(count_tokens(t["instruction"]) for t in talk)
+            b = sum(count_tokens(meta_response(t["target"])) for t in talk)
             lengths["instruction"].append(a)
             lengths["meta_response"].append(b)
             lengths["total"].append(a + b)
@@ -69,7 +72,7 @@ def summarize(paths: list[str], count_tokens=lambda text: len(text.split()), uni
             "duplicate_ids": sum(c - 1 for c in ids.values()),
             "missing_media": len(missing) if check_files else None, "missing_examples": missing[:max_examples],
             "kind": dict(kinds.most_common()), "combination": dict(combos.most_common()),
-            "model": dict(models.most_common()),
+            "model": dict(models.most_common()), "turns": dict(sorted(turns.items())),
             "length_unit": unit, "lengths": {k: percentiles(v) for k, v in lengths.items()}}
 
 
@@ -93,7 +96,8 @@ def report(s: dict) -> str:
         lines.append(f"{s['missing_media']} media files missing")
         lines += [f"  missing: {e}" for e in s["missing_examples"]]
     for title, key in (("by kind", "kind"), ("by modality combination", "combination"),
-                       ("by invoked model (records without invocations: (none))", "model")):
+                       ("by invoked model (records without invocations: (none))", "model"),
+                       ("by number of turns (lengths below count every turn)", "turns")):
         lines.append(title + ":")
         lines += [f"  {k:<28} {v:>9}" for k, v in s[key].items()]
     lines.append(f"lengths in {s['length_unit']}:")

@@ -72,13 +72,14 @@ def test_convert_llava_turns_missing_and_text_only(tmp_path, capsys):
     out = tmp_path / "out" / "llava.jsonl"
     convert.main(["llava", src, "--root", str(tmp_path / "coco"), "--out", str(out), "--kind", "reasoning"])
     recs = read_jsonl(str(out))
-    assert [r["id"] for r in recs] == ["llava-a-0", "llava-a-1"]
-    assert recs[0] == {"id": "llava-a-0", "kind": "reasoning", "instruction": "What colour is the bus?",
-                       "media": [{"modality": "image", "path": "../coco/a.jpg"}],
-                       "target": {"response": "Red.", "invocations": []}}
-    assert recs[1]["instruction"] == "Is it moving?" and recs[1]["target"]["response"] == "No, it is parked."
+    # one record per conversation, kept whole: the last turn is the record's, the image in the first turn
+    assert recs == [{"id": "llava-a", "kind": "reasoning", "instruction": "Is it moving?",
+                     "media": [{"modality": "image", "path": "../coco/a.jpg"}],
+                     "target": {"response": "No, it is parked.", "invocations": []},
+                     "turns": [{"instruction": "What colour is the bus?", "n_media": 1,
+                                "target": {"response": "Red.", "invocations": []}}]}]
     log = capsys.readouterr().out
-    assert "wrote 2 records" in log and "skipped 1 text-only" in log
+    assert "wrote 1 records" in log and "skipped 1 text-only" in log
     assert "1 records left out: media file missing" in log and "item 1" in log
     missing = (tmp_path / "out" / "llava.jsonl.missing.txt").read_text().splitlines()
     assert len(missing) == 1 and missing[0].endswith(os.path.join("coco", "b.jpg"))

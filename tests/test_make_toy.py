@@ -255,3 +255,28 @@ def test_held_out_wordings(toy):
     bad = dict(records["train"][0], instruction="Let me hear a high sine tone held steady.")
     with pytest.raises(ValueError, match="held-out wording"):
         make_toy.check({"train": [bad]}, list(media.values()))
+
+
+def test_multi_turn_records_appended_apart_and_grounded(toy):
+    """A few two-turn records after train's single-turn ones (which stay what make_records writes), and
+    test_multiturn.jsonl on test media; each follow-up is about the first turn's media item."""
+    records, media = load(toy)
+    cfg = make_toy.PRESETS["small"]
+    single = make_toy.make_records(list(media.values()), cfg, 0)["train"]
+    n, k = len(single), cfg.multiturn[0]
+    assert records["train"][:n] == single and len(records["train"]) == n + k and 0 < k <= 0.05 * n
+    tests = [json.loads(line) for line in (toy / "test_multiturn.jsonl").open()]
+    assert len(tests) == cfg.multiturn[1] and not {r["id"] for r in tests} & {r["id"] for r in records["test"]}
+    for split, recs in (("train", records["train"][n:]), ("test", tests)):
+        for r in recs:
+            assert r["family"].startswith("followup_") and r["split"] == split and len(r["turns"]) == 1, r["id"]
+            first, item = r["turns"][0], media[r["media"][0]["path"]]
+            assert first["n_media"] == 1 and first["target"]["response"] == make_toy.describe(item), r["id"]
+            assert all(media[m["path"]]["split"] == split for m in r["media"]), r["id"]
+            if split == "train":
+                assert not [c for c in r["combos"] if make_toy.is_held_out(c)], r["id"]
+            for i, key in r["needs"]:  # the prompt holds the needed attribute of the right item
+                value = media[r["media"][i]["path"]]["attributes"][key]
+                prompt = r["target"]["invocations"][0]["prompt"]
+                assert value in prompt or make_toy.INSTRUMENT.get(value, "-") in prompt, r["id"]
+    assert any(len(r["media"]) == 2 for r in records["train"][n:] + tests)  # a second item in the last turn

@@ -327,7 +327,7 @@ def test_identical_records_train(data, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--gpus", "0"], "--gpus 0: at least 1 worker"), (["--gpus", "-1"], "--gpus -1: at least 1 worker"),
     (["--lr", "-1"], "--lr -1.0: a learning rate must be positive"), (["--batch_size", "0"], "--batch_size"),
-    (["--warmup_frac", "2"], "--warmup_frac"), (["--lora_dropout", "1"], "--lora_dropout"),
+    (["--warmup_frac", "2"], "--warmup_frac"), (["--projector_lr", "0"], "--projector_lr"), (["--lora_dropout", "1"], "--lora_dropout"),
     (["--out_dir", "FILE"], "--out_dir .*: is a file, not a folder")])
 def test_nonsense_flags_are_refused_before_loading(data, tmp_path, capsys, flags, message):
     (tmp_path / "FILE").write_text("")
@@ -336,6 +336,16 @@ def test_nonsense_flags_are_refused_before_loading(data, tmp_path, capsys, flags
         train.parse_args(args(data, tmp_path / "out", *flags))
     assert e.value.code == 2
     assert re.search(message, capsys.readouterr().err.splitlines()[-1])
+
+
+def test_projector_lr_scales_only_the_projector_group(data, tmp_path):
+    train.main(args(data, tmp_path, "--max_steps", 2, "--projector_lr", 0.25, "--val_data", ""))
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    p_group, llm_group = state["optimizer"]["param_groups"]
+    assert p_group["lr"] == pytest.approx(0.25 * llm_group["lr"]) and llm_group["lr"] > 0
+    model = load_adapter(str(tmp_path))
+    n_p = sum(1 for p in model.projector.parameters() if p.requires_grad)
+    assert len(p_group["params"]) == n_p and len(llm_group["params"]) == 2 * 4 * 2  # A, B x 4 targets x 2 layers
 
 
 def test_missing_data_file_stops_before_the_model_loads(data, tmp_path, monkeypatch):
