@@ -2,14 +2,11 @@
 together with the instruction and writes the meta-response O2 (a text response + invocations of the
 text-to-x model zoo M, run by generate.py). The frozen LLM is adapted with LoRA (lora.py, paper Sec. 3);
 media enter through placeholder tokens whose embeddings are replaced by P's output (project.splice).
+The model only: the user's chat (one-shot and interactive, --generate) is chat.py, built on this file.
 
-    python agent.py --preset tiny "Draw a cat"                        # untrained tiny model: a smoke test
-    python agent.py --checkpoint out/toy --image cat.png "Generate a sound this animal makes"
-    python agent.py --checkpoint out/toy --audio dog.wav "Draw this animal" --generate --zoo tiny
-    python agent.py --checkpoint out/toy --interactive                # multi-turn chat in the terminal
-    python agent.py --checkpoint out/paper --device cuda --image cat.png "..."   # Vicuna-7B on one GPU
+    python chat.py --preset tiny "Draw a cat"                          # untrained tiny model: a smoke test
+    python chat.py --adapter out/toy --image cat.png "Generate a sound this animal makes"
 """
-import argparse
 import functools
 import hashlib
 import importlib.util
@@ -28,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers.modeling_outputs import CausalLMOutput
 
 from lora import apply_lora, load_lora_state_dict, lora_state_dict
-from project import MODALITIES, Projector, splice
+from project import Projector, splice
 
 IGNORE = -100  # label of a position that is not supervised (F.cross_entropy's ignore_index)
 END = "###"  # ends every assistant turn; decoding stops when it appears (official code: stop token 835 = "###")
@@ -42,6 +39,7 @@ class AgentConfig:
     tokenizer: str | None = None  # None: the LLM's own ("tiny" has none and borrows one)
     dtype: str = "float32"  # storage dtype of the frozen LLM ("bfloat16" on GPU); trainable weights stay fp32
     encoder: str = "tiny"  # the encode.py preset whose features P reads
+    encoder_checkpoint: str | None = None  # a local file of that encoder's weights (None: download / built-in)
     feat_dim: int = 512  # = encode.embed_dim(encoder)
     tokens_per_item: int = 1  # K placeholder tokens per media item (official code: 1)
     shared_projector: bool = False  # False: three linear layers, one per modality (paper); True: official code
@@ -275,12 +273,13 @@ class ModaVerse(nn.Module):
 
     @torch.no_grad()
     def generate_ids_batch(self, prompts: list[list[int]], media_feats=None, media_modalities=(), max_new_tokens=256,
-                           temperature=0.0, use_cache=True) -> list[list[int]]:
+                           temperature=0.0, use_cache=True, on_token=None) -> list[list[int]]:
         """Decode after every prompt (token ids, any lengths) at once; a row stops when END appears, at the eos token
         or after max_new_tokens (an int or one per prompt). Returns each row's new ids, the stopping one included.
         Media rows follow the placeholders of prompt 0, then 1, ... (as in embed). Greedy rows equal decoding alone
         (the same math; float rounding could flip only a near-tie). use_cache=False recomputes the whole sequence
-        every step: the reference the KV cache must match."""
+        every step: the reference the KV cache must match. on_token(new), if given, sees every row's new ids after
+        each step (chat.py streams the reply of a batch of 1)."""
         budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
         dev, T = self.llm.device, max(map(len, prompts))
         # Left padding: every prompt ends in the last column, where each row's next token is read.
@@ -301,6 +300,8 @@ class ModaVerse(nn.Module):
                 if not (token == self.eos_id or END in self.tokenizer.decode(new[i][-len(END):])
                         or len(new[i]) >= budgets[i]):
                     keep.append(row)
+            if on_token is not None:
+                on_token(new)
             if not keep:
                 break
             if len(keep) < len(alive):  # finished rows leave the batch and the KV cache: the others do not pay for them
@@ -314,12 +315,14 @@ class ModaVerse(nn.Module):
             cache, x = out.cache, token_embed if use_cache else torch.cat([x, token_embed], 1)  # (b', 1 or T+1, D)
         return new
 
-    def respond_batch(self, requests, max_new_tokens=256, temperature=0.0, batch_size=16, use_cache=True) -> list[str]:
+    def respond_batch(self, requests, max_new_tokens=256, temperature=0.0, batch_size=16, use_cache=True,
+                      on_token=None) -> list[str]:
         """What respond() writes for each request, in the order given, decoded batch_size at a time (greedy: the same
         text as one at a time). requests: [(instruction, media)] or [(instruction, media, history)], as respond()
         takes them: media = [(modality, feature (feat_dim,) array or tensor)], history = [(user instruction, media,
         assistant text)] of earlier turns, oldest first, or None. max_new_tokens: an int, or one per request.
-        Prompts are sorted by token length, so a batch holds similar lengths (little padding)."""
+        Prompts are sorted by token length, so a batch holds similar lengths (little padding). on_token: as in
+        generate_ids_batch, for each batch."""
         budgets = [max_new_tokens] * len(requests) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         chats = []  # (prompt ids, [(modality, feature)] of all turns in prompt order) per request
         for instruction, media, *history in requests:  # history: [], [None] or [earlier turns]
@@ -332,16 +335,17 @@ class ModaVerse(nn.Module):
                 media = [item for i in idx for item in chats[i][1]]
                 feats = np.stack([f for _, f in media]) if media else None
                 new = self.generate_ids_batch([chats[i][0] for i in idx], feats, [m for m, _ in media],
-                                              [budgets[i] for i in idx], temperature, use_cache)
+                                              [budgets[i] for i in idx], temperature, use_cache, on_token)
                 texts.update({i: self.tokenizer.decode(ids).split(END)[0].strip() for i, ids in zip(idx, new)})
         finally:
             self.train(was_training)
         return [texts[i] for i in range(len(chats))]
 
     def respond(self, instruction: str, media=(), history=None, max_new_tokens=256, temperature=0.0,
-                use_cache=True) -> str:
+                use_cache=True, on_token=None) -> str:
         """Write the meta-response for one user turn (respond_batch with one request)."""
-        return self.respond_batch([(instruction, media, history)], max_new_tokens, temperature, 1, use_cache)[0]
+        return self.respond_batch([(instruction, media, history)], max_new_tokens, temperature, 1, use_cache,
+                                  on_token)[0]
 
     # ------------------------------------------------------------------ adapter = P + LoRA
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -351,11 +355,35 @@ class ModaVerse(nn.Module):
         return sd
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]):
+        sd = dict(sd)
+        load_trained_embeddings(self.llm, {k: sd.pop(k) for k in EMBEDDING_KEYS if k in sd})
         unknown = [k for k in sd if not k.startswith(("projector.", "llm."))]
         if unknown:
             raise KeyError(f"adapter has tensors that are neither P nor LoRA: {unknown[:5]}")
         self.projector.load_state_dict({k[len("projector."):]: v for k, v in sd.items() if k.startswith("projector.")})
         load_lora_state_dict(self.llm, {k[len("llm."):]: v for k, v in sd.items() if k.startswith("llm.")})
+
+
+EMBEDDING_KEYS = ("llm.model.embed_tokens.weight", "llm.lm_head.weight")  # only in converted official checkpoints
+
+
+@torch.no_grad()
+def load_trained_embeddings(llm: nn.Module, sd: dict[str, torch.Tensor]):
+    """Whole input-embedding and LM-head matrices, trained by the official code (it adds six tokens, <Media> ...,
+    and trains both: data/official_checkpoint.py converts its release). We never train them, so only a converted
+    adapter holds them; the vocabulary is resized to their rows (the tokenizer is the checkpoint's). Frozen."""
+    if not sd:
+        return
+    if set(sd) != set(EMBEDDING_KEYS):
+        raise KeyError(f"adapter holds {sorted(sd)}: expected both of {EMBEDDING_KEYS}")
+    rows = sd[EMBEDDING_KEYS[0]].shape[0]
+    if rows != llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(rows, mean_resizing=False)  # every row is overwritten below
+    for module, key in zip((llm.get_input_embeddings(), llm.get_output_embeddings()), EMBEDDING_KEYS):
+        if module.weight.shape != sd[key].shape:
+            raise ValueError(f"{key}: adapter has {tuple(sd[key].shape)}, the LLM {tuple(module.weight.shape)}")
+        module.weight.copy_(sd[key])  # keeps the LLM's dtype
+        module.weight.requires_grad_(False)
 
 
 def save_adapter(model: ModaVerse, out_dir: str):
@@ -379,87 +407,3 @@ def load_adapter(out_dir: str, device: str = "cpu") -> ModaVerse:
     model.load_trainable_state_dict(load_file(os.path.join(out_dir, "adapter.safetensors")))
     return model.to(device)
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="LLM' of ModaVerse: write the meta-response for an instruction and "
-                                            "media files (with --generate, also run its invocations).")
-    p.add_argument("instruction", nargs="?", help="what the user asks (with --interactive: the first message)")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="adapter folder from train.py (adapter.safetensors + config.json)")
-    which.add_argument("--preset", choices=sorted(PRESETS), help="instead of --checkpoint: an UNTRAINED model")
-    for m in MODALITIES:  # one list, so the order of --image/--audio/--video on the command line is kept
-        p.add_argument(f"--{m}", dest="media", action="append", default=[], metavar="PATH",
-                       type=lambda path, m=m: (m, path), help=f"a {m} file for the first message (repeatable)")
-    p.add_argument("--max_new_tokens", type=int, default=256, help="longest meta-response, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding; >0: sampling")
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--show_prompt", action=argparse.BooleanOptionalAction, default=False,
-                   help="print the prompt the LLM reads (▢ = a media placeholder token)")
-    p.add_argument("--generate", action=argparse.BooleanOptionalAction, default=False,
-                   help="hand the meta-response to generate.py's model zoo M")
-    p.add_argument("--zoo", choices=("tiny", "paper"), default="tiny", help="generate.py's zoo preset (--generate)")
-    p.add_argument("--out_dir", default="outputs", help="where --generate writes its files")
-    p.add_argument("--interactive", action=argparse.BooleanOptionalAction, default=False,
-                   help="multi-turn chat: /image PATH (/audio, /video) attaches a file, /reset, /quit")
-    args = p.parse_args(argv)
-    if not (args.instruction or args.interactive):
-        p.error("give an instruction (or --interactive)")
-    torch.manual_seed(args.seed)
-    model = load_adapter(args.checkpoint) if args.checkpoint else ModaVerse.from_config(PRESETS[args.preset])
-    model = model.to(args.device).eval()
-    zoo = None  # generate.ModelZoo, made on the first --generate
-
-    def chat_turn(instruction, media_files, history):
-        """Encode the media files, print the meta-response (and run it with --generate); return the turn."""
-        missing = [path for _, path in media_files if not os.path.isfile(path)]
-        if missing:
-            raise FileNotFoundError(f"no such media file: {', '.join(missing)}")
-        media = []
-        for m, path in media_files:
-            import encode  # lazy: ImageBind is heavy and only needed when there are media files
-            media.append((m, encode.encode_files([path], m, model.cfg.encoder, device=args.device, progress=False)[0]))
-        if args.show_prompt:
-            print(render_chat([*history, (instruction, media, None)], model.cfg.tokens_per_item))
-        text = model.respond(instruction, media, history, args.max_new_tokens, args.temperature)
-        print(text)
-        if args.generate:
-            import generate  # lazy: diffusers is only needed to run the invocations
-            meta = generate.parse_meta_response(text)
-            for problem in meta.problems:
-                print(f"warning: {problem}")
-            nonlocal zoo
-            zoo = zoo or generate.ModelZoo(generate.PRESETS[args.zoo])  # made once: it keeps loaded pipelines
-            for w in generate.generate(meta, args.out_dir, zoo):
-                print(f"wrote {os.path.join(args.out_dir, w['file'])} ({w['model']}: {w['prompt']!r})")
-        return instruction, media, text
-
-    if not args.interactive:
-        try:
-            chat_turn(args.instruction, args.media, [])
-        except (OSError, ValueError, RuntimeError) as e:  # a typo, a broken media file: a message, not a traceback
-            raise SystemExit(f"error: {e}")
-        return
-    print("ModaVerse chat. /image PATH (or /audio, /video) attaches a file to your next message; "
-          "/reset forgets the conversation; /quit or Ctrl-D ends.")
-    history, media_files, line = [], args.media, args.instruction
-    while line != "/quit":
-        command, _, path = (line or "").partition(" ")
-        if line == "/reset":
-            history, media_files = [], []
-        elif command.startswith("/") and command[1:] in MODALITIES:
-            media_files = media_files + [(command[1:], path.strip())]
-        elif line:
-            try:
-                history.append(chat_turn(line, media_files, history))
-            except (OSError, ValueError, RuntimeError) as e:  # e.g. a bad media file: the chat goes on
-                print(f"error: {e}")
-            media_files = []
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            break
-
-
-if __name__ == "__main__":
-    main()

@@ -149,7 +149,7 @@ def batch_cost(out: Path, seconds: float = 10.0) -> dict:
 
     acfg = replace(AGENT_PRESETS["tiny"], encoder="huge", feat_dim=1024)
     cfg = replace(PRESETS["tiny"], cache_dir=str(out / "cache"), encode_missing=False)
-    split = load_split(str(out / "small.jsonl"), ModaVerse.from_config(acfg), cfg, acfg, True, "cpu")
+    split = load_split(str(out / "small.jsonl"), cfg, acfg, True, "cpu", ModaVerse.from_config(acfg))
     rng, n, tokens, t0 = np.random.default_rng(0), 0, 0, time.time()
     while time.time() - t0 < seconds:
         batch = split.batch(rng.integers(0, len(split), 16).tolist())
@@ -166,7 +166,7 @@ def encode_restart(out: Path) -> dict:
     data.store.file_sha256 = lambda p: hashed.append(p) or real(p)
     encode.load_encoder = lambda *a, **k: sys.exit("bench_scale: the restart tried to encode: the store is incomplete")
     t0 = time.time()
-    rc = encode.main([listing, "--encoder", "huge", "--cache-dir", str(out / "cache")])
+    rc = encode.main([listing, "--encoder", "huge", "--cache_dir", str(out / "cache")])
     data.store.file_sha256 = real
     return {"encode_restart_s": time.time() - t0, "encode_restart_files_hashed": len(hashed),
             "encode_restart_rc": rc}

@@ -7,7 +7,7 @@ Features stay in the store's memory-mapped shards (shared by all workers through
 is parsed, tokenised (agent.build_example) and given its features when a batch needs it. Every worker builds
 the whole global batch (the token counts weight the loss, train.py) and trains on its share.
 
-    split = load_split("data/toy/train.jsonl", model, cfg, acfg, master=True, device="cpu")
+    split = load_split("data/toy/train.jsonl", cfg, acfg, master=True, device="cpu").tokenised_by(model)
     batch = split.batch([0, 5, 7])   # examples: input_ids, labels, n_sup, feats (M, D), modalities, record
 """
 import itertools
@@ -47,7 +47,7 @@ class Split:
     """One data file as arrays: record i is line lines[i]; its media items are ptr[i]:ptr[i + 1] of rows (a
     store row, or -1 - j for row j of `extra`, features found only in the older per-file cache) and mods."""
 
-    def __init__(self, path, model: ModaVerse, bad_records: str, lines, ptr, rows, mods, store, extra, master=True):
+    def __init__(self, path, bad_records: str, lines, ptr, rows, mods, store, extra, master=True, model=None):
         self.path, self.model, self.bad_records, self.master = path, model, bad_records, master
         self.starts = line_starts(path)
         self.offsets = self.starts[np.asarray(lines, np.int64) - 1]  # (N,) int64
@@ -59,6 +59,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.lines)
 
+    def tokenised_by(self, model: ModaVerse) -> "Split":
+        """Examples are built with this model's tokenizer and chat template (agent.build_example)."""
+        self.model = model
+        return self
     def modalities(self) -> set[str]:
         return {encode.MODALITIES[c] for c in np.unique(self.mods)}
 
@@ -147,7 +151,7 @@ def locate(files: list, mod: str, cfg, acfg):
     rows, legacy, failures, store = np.empty(len(files), np.int64), {}, {}, None
     for at in range(0, len(files), 100_000):
         store, _, r, leg, fail = encode.locate(files[at:at + 100_000], mod, acfg.encoder, cfg.cache_dir,
-                                               cfg.encoder_checkpoint or None)
+                                               acfg.encoder_checkpoint or None)
         rows[at:at + len(r)], failures = r, failures | fail
         legacy |= {at + i: f for i, f in leg.items()}
     return store, rows, legacy, failures
@@ -161,7 +165,7 @@ def _record_id(path, n: int):
 def _prepare(path, first, cfg, acfg, device) -> tuple[str | None, dict]:
     """Rank 0: hash new media files (once), and encode what the cache lacks (or say how).
     first: {modality: {file: line of its first record}}. -> (an error or None, {modality: locate()} when final)"""
-    ckpt, missing, failed, found = cfg.encoder_checkpoint or None, [], {}, {}
+    ckpt, missing, failed, found = acfg.encoder_checkpoint or None, [], {}, {}
     for mod, by_file in first.items():
         found[mod] = _, rows, legacy, failures = locate(list(by_file), mod, cfg, acfg)
         failed |= {(f, mod): why for f, why in failures.items()}
@@ -171,9 +175,10 @@ def _prepare(path, first, cfg, acfg, device) -> tuple[str | None, dict]:
                          f"{_outside(path, f)}" for (f, m), why in failed.items()), {}
     if missing and not cfg.encode_missing:
         line, f = min((first[m][f], f) for f, m in missing)
-        command = f"python encode.py {path} --encoder {acfg.encoder} --cache-dir {cfg.cache_dir}"
+        command = f"python encode.py {path} --encoder {acfg.encoder} --cache_dir {cfg.cache_dir}"
         return (f"{path}:{line}: {f} (and {len(missing) - 1} more media files) not in the feature cache "
-                f"{cfg.cache_dir}. Encode them first:\n  {command}" + (f" --checkpoint {ckpt}" if ckpt else "")), {}
+                f"{cfg.cache_dir}. Encode them first:\n  {command}" + (f" --encoder_checkpoint {ckpt}" if ckpt else "")
+                ), {}
     for mod in first if missing else ():
         try:
             encode.ensure_cached([f for f, m in missing if m == mod], mod, acfg.encoder, cfg.cache_dir, ckpt,
@@ -186,9 +191,10 @@ def _prepare(path, first, cfg, acfg, device) -> tuple[str | None, dict]:
     return None, {} if missing else found  # after encoding, every worker locates again
 
 
-def load_split(path, model: ModaVerse, cfg, acfg, master: bool, device) -> Split:
+def load_split(path, cfg, acfg, master: bool, device, model: ModaVerse | None = None) -> Split:
     """A data file -> Split: records validated, every media item located in the feature store (rank 0 encodes what
-    is missing, or names the command). Holds ~30 bytes per record and media item; no record, no feature."""
+    is missing, or names the command), all before the LLM loads (a bad file is found in seconds, not after
+    loading 7B weights); Split.tokenised_by(model) then builds examples. ~30 bytes per record and media item."""
     try:
         lines, ptr, items, ids = scan(path, cfg.bad_records, print if master else lambda _: None)
     except DataError as e:  # not a text file, or cannot be opened
@@ -207,7 +213,7 @@ def load_split(path, model: ModaVerse, cfg, acfg, master: bool, device) -> Split
     if error[0]:
         raise SystemExit(error[0])
     fid_rows, fid_mods, extra = np.empty(len(ids), np.int64), np.empty(len(ids), np.int8), []
-    store = encode.locate([], "image", acfg.encoder, cfg.cache_dir, cfg.encoder_checkpoint or None)[0]
+    store = encode.locate([], "image", acfg.encoder, cfg.cache_dir, acfg.encoder_checkpoint or None)[0]
     for mod, by_file in first.items():
         files = list(by_file)
         _, rows, legacy, _ = found.get(mod) or locate(files, mod, cfg, acfg)  # rank 0 found them already
@@ -223,8 +229,8 @@ def load_split(path, model: ModaVerse, cfg, acfg, master: bool, device) -> Split
         raise SystemExit(f"{cfg.cache_dir}: encoder {acfg.encoder!r} features are {store.dim}-d, not {acfg.feat_dim}-d:"
                          " --feat_dim?")
     items = np.asarray(items, np.int64)
-    return Split(path, model, cfg.bad_records, lines, ptr, fid_rows[items], fid_mods[items],
-                 store, np.array(extra, np.float32).reshape(-1, acfg.feat_dim), master)
+    return Split(path, cfg.bad_records, lines, ptr, fid_rows[items], fid_mods[items],
+                 store, np.array(extra, np.float32).reshape(-1, acfg.feat_dim), master, model)
 
 
 class Prefetch:

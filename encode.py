@@ -2,11 +2,12 @@
 
 ModaVerse feeds every input medium through a frozen ImageBind encoder (Girdhar et al. 2023) and then
 through a trainable linear projector (project.py). The encoder never changes during training, so we
-run it once per file and cache its embedding; train.py and agent.py read the cache.
+run it once per file and cache its embedding; train.py and chat.py read the cache.
 
 Encoders (ENCODERS below):
-  huge  the paper's `imagebind_huge` (1024-d). Weights: --checkpoint PATH, or the package downloads
-        them to .checkpoints/imagebind_huge.pth on first use (needs internet).
+  huge  the paper's `imagebind_huge` (1024-d). Weights: --encoder_checkpoint FILE (nothing is downloaded), or
+        the package downloads them to .checkpoints/imagebind_huge.pth on first use (needs internet):
+        https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth (CC BY-NC-SA 4.0: non-commercial)
   toy   a random, seeded 256-wide ImageBind (512-d): the offline demo. NOT a trained encoder.
   tiny  a random, seeded 64-wide ImageBind (512-d): the tests.
 
@@ -20,6 +21,7 @@ per-file cache <cache_dir>/<encoder id>/<modality>/<sha256>.npy is still read (p
   python encode.py --modality image cat.png dog.png --encoder huge          # a list of files
   python probe.py data/toy/media.jsonl --encoder toy                        # what the features carry
   python encode.py --encoder huge --device cuda data/train.jsonl            # on a GPU
+  python encode.py --encoder huge --encoder_checkpoint .checkpoints/imagebind_huge.pth data/train.jsonl
 """
 import argparse
 import contextlib
@@ -162,10 +164,14 @@ def encoder_id(encoder: str, checkpoint: str | None = None) -> str:
 @functools.lru_cache(maxsize=2)
 def load_encoder(encoder: str = "tiny", checkpoint: str | None = None, device: str = "cpu"):
     cfg = ENCODERS[encoder]
-    if cfg.width == 0:
-        model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)
-        if checkpoint:
-            model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    if checkpoint and not os.path.isfile(checkpoint):  # before building (huge: ~1.2B weights) or downloading
+        raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
+    if cfg.width == 0:  # with a local checkpoint the package downloads nothing (pretrained=False)
+        try:
+            model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)
+        except OSError as e:  # urllib's URLError is one: offline, or the URL moved
+            raise OSError(f"could not download imagebind_huge ({e}): download the file yourself (README) and pass "
+                          "--encoder_checkpoint FILE") from e
     else:
         print(f"encode.py: '{encoder}' is an UNTRAINED ImageBind (random weights, seed {cfg.seed}): "
               "its features carry only what a random network keeps (see README).", file=sys.stderr)
@@ -178,6 +184,8 @@ def load_encoder(encoder: str = "tiny", checkpoint: str | None = None, device: s
                 text_num_blocks=b, text_num_heads=h, depth_embed_dim=w, depth_num_blocks=1,
                 depth_num_heads=h, thermal_embed_dim=w, thermal_num_blocks=1, thermal_num_heads=h,
                 imu_embed_dim=w, imu_num_blocks=1, imu_num_heads=h)
+    if checkpoint:  # tensors only (weights_only): a .pth from the internet runs no code
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     return model.eval().requires_grad_(False).to(device)
 
 
@@ -207,6 +215,8 @@ def ensure_cached(paths, modality: str, encoder: str = "tiny", cache_dir=".cache
     """
     if modality not in MODALITIES or batch_size < 1:
         raise ValueError(f"modality {modality!r} (one of {MODALITIES}), batch_size {batch_size} (at least 1)")
+    if checkpoint and not os.path.isfile(checkpoint):  # else every file would fail with "cannot read"
+        raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
     store, keys, rows, legacy, failures = locate(paths, modality, encoder, cache_dir, checkpoint, dtype)
     todo = list(dict.fromkeys(p for i, p in enumerate(map(str, paths)) if rows[i] < 0 and i not in legacy
                               and p not in failures))
@@ -229,8 +239,8 @@ def ensure_cached(paths, modality: str, encoder: str = "tiny", cache_dir=".cache
                 emb = model({IB_KEY[modality]: x})[IB_KEY[modality]].float().cpu().numpy()  # (B, D)
                 # a NaN input can come out finite but meaningless; items never mix, so the others stay good
                 finite = x.flatten(1).isfinite().all(1).cpu().numpy() & np.isfinite(emb.astype(store.dtype)).all(1)
-                for p in np.array(list(group))[~finite]:
-                    failures[p] = f"non-finite feature (NaN/Inf in the input or the model output, or over {store.dtype})"
+                for p in np.array(list(group))[~finite]:  # or a value past float16's range, in a float16 store
+                    failures[p] = "non-finite feature (NaN/Inf in the input or the model output)"
                 writer.add([keys[p] for p in np.array(list(group))[finite]], emb[finite])
     bar.close()
     if failures:
@@ -276,23 +286,27 @@ def main(argv=None):
     ap.add_argument("inputs", nargs="*", help="JSON Lines data files (or media files with --modality)")
     ap.add_argument("--modality", choices=MODALITIES, help="treat inputs as media files of this modality")
     ap.add_argument("--encoder", choices=sorted(ENCODERS), default="toy", help="which ImageBind (default: toy)")
-    ap.add_argument("--checkpoint", help="local imagebind_huge .pth file (encoder huge)")
-    ap.add_argument("--cache-dir", default=".cache/features", help="where the feature store goes")
-    ap.add_argument("--store-dtype", choices=("float32", "float16"), default="float32",
+    ap.add_argument("--encoder_checkpoint", "--checkpoint", metavar="FILE",
+                    help="a local file of the encoder's weights (huge: imagebind_huge.pth; nothing is downloaded)")
+    ap.add_argument("--cache_dir", "--cache-dir", default=".cache/features", help="where the feature store goes")
+    ap.add_argument("--store_dtype", "--store-dtype", choices=("float32", "float16"), default="float32",
                     help="dtype of a NEW store (float16 halves the disk; an existing store keeps its own)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch_size", "--batch-size", type=int, default=32, help="files per forward pass")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
-        raise SystemExit(f"encode.py: --batch-size must be at least 1 (got {args.batch_size})")
+        raise SystemExit(f"encode.py: --batch_size must be at least 1 (got {args.batch_size})")
+    if args.encoder_checkpoint and not os.path.isfile(args.encoder_checkpoint):
+        raise SystemExit(f"encode.py: --encoder_checkpoint {args.encoder_checkpoint}: no such file; give the path of "
+                         "the downloaded weights (imagebind_huge.pth)")
     missing = [p for p in args.inputs if not os.path.isfile(p)]
     if missing:
         raise SystemExit(f"encode.py: no such file: {', '.join(missing)}; check the path")
     try:
         Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SystemExit(f"encode.py: --cache-dir {args.cache_dir}: not a folder ({e.strerror}); give a folder path")
-    kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.checkpoint,
+        raise SystemExit(f"encode.py: --cache_dir {args.cache_dir}: not a folder ({e.strerror}); give a folder path")
+    kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.encoder_checkpoint,
               batch_size=args.batch_size, device=args.device, dtype=args.store_dtype)
     if not args.inputs:
         ap.error("give data files, or media files with --modality")
@@ -307,6 +321,8 @@ def main(argv=None):
         except EncodeError as e:
             failed.update(e.failures)
             print(f"{modality}: {len(set(paths)) - len(e.failures)} files encoded, {len(e.failures)} failed")
+        except OSError as e:  # the encoder's weights: not found, not downloadable
+            raise SystemExit(f"encode.py: {e}") from None
     for p, why in failed.items():
         print(f"FAILED {p}: {why}", file=sys.stderr)
     return 1 if failed else 0

@@ -324,24 +324,44 @@ def read_predictions(path: str) -> dict[str, str]:
     return preds
 
 
+def adapter_config(adapter: str, encoder_checkpoint: str | None = None) -> dict:
+    """The adapter's config.json, its encoder checkpoint replaced by `encoder_checkpoint` if given; checked (files
+    exist) before anything loads."""
+    path = os.path.join(adapter, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--adapter {adapter}: no config.json there (a folder written by train.py)")
+    config = json.loads(open(path, encoding="utf-8").read())
+    config["encoder_checkpoint"] = encoder_checkpoint or config.get("encoder_checkpoint")
+    if config["encoder_checkpoint"] and not os.path.isfile(config["encoder_checkpoint"]):
+        raise FileNotFoundError(f"encoder checkpoint {config['encoder_checkpoint']} (of {path}): no such file; pass "
+                                "--encoder_checkpoint FILE where the weights are on this machine")
+    return config
+
+
 def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu", cache_dir: str = ".cache/features",
-            max_new_tokens: int = 256, batch_size: int = 64) -> dict[str, str]:
+            max_new_tokens: int = 256, batch_size: int = 64, encoder_checkpoint: str | None = None) -> dict[str, str]:
     """Meta-responses of a trained adapter for every record: media through encode.py (cached), then greedy
     respond_batch, batch_size records at a time (default 64), sorted by prompt length so
-    a batch holds similar lengths; the same text as respond() one record at a time."""
+    a batch holds similar lengths; the same text as respond() one record at a time. The media are encoded with
+    the encoder the adapter was trained on (its config.json), from `encoder_checkpoint` if given."""
     import encode
     from agent import chat_request, load_adapter
     from lora import merge_lora
 
-    model = load_adapter(adapter, device).eval()
-    merge_lora(model.llm)  # inference only: fold B @ A into W once instead of two extra matmuls per layer and token
+    ckpt = adapter_config(adapter, encoder_checkpoint)["encoder_checkpoint"]  # cheap checks first
     wanted = collections.defaultdict(dict)  # modality -> {path: None}, in first-seen order
     for rec in records:
         for m in rec.get("media", []):
             wanted[m["modality"]][os.path.join(data_dir, m["path"])] = None
+    missing = [p for paths in wanted.values() for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} media file(s) of the records not found, e.g. {missing[0]}")
+    model = load_adapter(adapter, device).eval()
+    merge_lora(model.llm)  # inference only: fold B @ A into W once instead of two extra matmuls per layer and token
     feats = {}
     for modality, paths in wanted.items():
-        x = encode.encode_files(list(paths), modality, encoder=model.cfg.encoder, cache_dir=cache_dir, device=device)
+        x = encode.encode_files(list(paths), modality, encoder=model.cfg.encoder, cache_dir=cache_dir, device=device,
+                                checkpoint=ckpt)
         if x.shape[1] != model.cfg.feat_dim:
             raise ValueError(f"encoder {model.cfg.encoder!r} gives {x.shape[1]}-d features, the adapter reads "
                              f"{model.cfg.feat_dim}-d")
@@ -386,6 +406,8 @@ def run(argv=None):
                    "path's ceiling, a linear probe of the attributes its prompts need (probe.py)")
     p.add_argument("--encoder", default="toy", help="with --ceiling and --predictions: the encode.py preset of "
                    "the features (with --adapter: the adapter's)")
+    p.add_argument("--encoder_checkpoint", metavar="FILE", help="with --adapter: the encoder's weights file, instead "
+                   "of the one its config.json names (the same weights on another machine)")
     p.add_argument("--out", help="write the whole report here as JSON")
     p.add_argument("--html", action=argparse.BooleanOptionalAction, default=False, help="also write the results "
                    "page index.html into the run folder (--adapter, else --out's folder; report.py)")
@@ -395,11 +417,13 @@ def run(argv=None):
     if args.data and not (args.predictions or args.adapter):
         p.error("a data split needs --predictions FILE or --adapter DIR")
     report = {}
+    if args.adapter:
+        adapter_config(args.adapter, args.encoder_checkpoint)  # a missing file is named before anything loads
     if args.data:
         records = read_records(args.data)[:args.limit]
         if args.adapter:
             preds = predict(records, os.path.dirname(args.data), args.adapter, args.device, args.cache_dir,
-                            args.max_new_tokens, args.batch_size)
+                            args.max_new_tokens, args.batch_size, args.encoder_checkpoint)
             if args.save_predictions:
                 with open(args.save_predictions, "w", encoding="utf-8") as f:
                     f.writelines(json.dumps({"id": k, "prediction": v}, ensure_ascii=False) + "\n"
@@ -409,10 +433,10 @@ def run(argv=None):
         ceilings = None
         if args.ceiling:
             from probe import record_ceilings  # lazy: needs the encoder (cached features)
-            encoder = json.loads(open(os.path.join(args.adapter, "config.json")).read())["encoder"] \
-                if args.adapter else args.encoder
-            ceilings = record_ceilings(records, os.path.dirname(args.data), args.ceiling, encoder=encoder,
-                                       cache_dir=args.cache_dir)
+            config = adapter_config(args.adapter, args.encoder_checkpoint) if args.adapter else {}
+            ceilings = record_ceilings(records, os.path.dirname(args.data), args.ceiling,
+                                       encoder=config.get("encoder", args.encoder), cache_dir=args.cache_dir,
+                                       checkpoint=config.get("encoder_checkpoint", args.encoder_checkpoint))
         report["meta_response"] = score_meta_responses(records, preds, ceilings)
         print(f"Meta-responses on {args.data} (% of records; prompt= and promptF1 over records that invoke a model)")
         print(format_table(report["meta_response"]))

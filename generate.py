@@ -13,15 +13,15 @@ Meta-response formats, first match wins (prose or ```json fences around the JSON
   tuples  Sure! ("text-to-image", "A photo of a cat")              (the paper's notation)
 
 Model zoo (ZooConfig: each checkpoint is a hub id, a local folder, or "tiny"):
-  text-to-image  runwayml/stable-diffusion-v1-5     StableDiffusionPipeline
-  text-to-video  damo-vilab/text-to-video-ms-1.7b   TextToVideoSDPipeline
-  text-to-audio  cvssp/audioldm-l-full              AudioLDMPipeline (the official config's AudioLDM)
+  text-to-image  stable-diffusion-v1-5/stable-diffusion-v1-5  StableDiffusionPipeline (runwayml/... was removed)
+  text-to-video  ali-vilab/text-to-video-ms-1.7b   TextToVideoSDPipeline, DPM-Solver++ as the official code
+  text-to-audio  cvssp/audioldm-l-full             AudioLDMPipeline (the official config's AudioLDM)
   tiny           seeded random pipelines of the same classes, built from configs (tests, offline runs)
 
   python generate.py --zoo tiny --out outputs/ \
       '{"response": "Here.", "invocations": [{"model": "text-to-image", "prompt": "a cat"}]}'  # CPU, offline
   python generate.py 'Modality: [VIDEO] Prompt: a dog running ###' --out outputs/   # paper zoo, one GPU
-  python generate.py - --text-to-audio /models/audioldm-s-full-v2 < reply.txt      # meta-response from stdin
+  python generate.py - --text_to_audio /models/audioldm-s-full-v2 < reply.txt      # meta-response from stdin
 """
 import argparse
 import ast
@@ -208,8 +208,9 @@ def _opt(default, help: str, **extra):
 
 @dataclass
 class ZooConfig:
-    text_to_image: str = _opt("runwayml/stable-diffusion-v1-5", "checkpoint: hub id, local folder or 'tiny'")
-    text_to_video: str = _opt("damo-vilab/text-to-video-ms-1.7b", "checkpoint: hub id, local folder or 'tiny'")
+    text_to_image: str = _opt("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                              "checkpoint: hub id, local folder or 'tiny'")
+    text_to_video: str = _opt("ali-vilab/text-to-video-ms-1.7b", "checkpoint: hub id, local folder or 'tiny'")
     text_to_audio: str = _opt("cvssp/audioldm-l-full", "checkpoint: hub id, local folder or 'tiny'")
     device: str = _opt("auto", "cuda when available, else cpu")
     dtype: str = _opt("auto", "auto = float16 on GPU (official code), float32 on CPU",
@@ -236,6 +237,10 @@ class ZooConfig:
                     f"a multiple of {k}" if k and v % k else None)
             if must:
                 raise ValueError(f"--{f.name.replace('_', '-')} {v}: must be {must} (paper: {f.default})")
+        for model in MODELS:  # a path (not a hub id) that is not there: said now, not after other pipelines load
+            ckpt = getattr(self, model.replace("-", "_"))
+            if ckpt.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(ckpt)):
+                raise ValueError(f"--{model} {ckpt}: no such folder (a diffusers pipeline saved with save_pretrained)")
 
 
 PRESETS = {
@@ -275,8 +280,12 @@ class ModelZoo:
             try:  # model_index.json names the class, so a swapped checkpoint needs no code change (plug-and-play)
                 pipe = DiffusionPipeline.from_pretrained(ckpt, dtype=self.dtype)
             except (OSError, ValueError) as e:
-                raise OSError(f"cannot load {model} from {ckpt!r}: {e}\nWithout network or downloaded weights, "
-                              f"pass --zoo tiny (random tiny pipelines) or --{model} /path/to/local/folder") from e
+                raise OSError(f"cannot load {model} from {ckpt!r}: {e}\nWithout network or downloaded weights, pass "
+                              f"--zoo tiny (random tiny pipelines) or --{model.replace('-', '_')} /local/folder") from e
+            if model == "text-to-video":  # the official code samples ModelScope T2V with DPM-Solver++ (25 steps)
+                from diffusers import DPMSolverMultistepScheduler
+
+                pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=ckpt == "tiny")
         pipe = pipe.to(self.device)  # (tiny pipelines are built in float32; from_pretrained already cast)
         return pipe if pipe.dtype == self.dtype else pipe.to(dtype=self.dtype)
@@ -298,6 +307,9 @@ class ModelZoo:
         pipe, generator = self.pipeline(model), torch.Generator(self.device).manual_seed(seed)
         with torch.inference_mode():
             out = pipe(prompt, generator=generator, output_type="np", **self.settings(model))
+        # Stable Diffusion's safety checker returns a black image for what it flags; generate() records it.
+        # None: this pipeline has no checker (the tiny ones, video, audio)
+        self.blanked = (getattr(out, "nsfw_content_detected", None) or [None])[0]
         return np.asarray(getattr(out, OUTPUT_FIELD[model])[0], dtype=np.float32)
 
 
@@ -421,10 +433,14 @@ def generate(meta: MetaResponse | str, out_dir: str, zoo: ModelZoo) -> list[dict
             raise ValueError(f"unknown model {inv.model!r} (known: {', '.join(MODELS)})")
         # The name is ours (index + a model name from MODELS): no text from the LLM chooses where a file goes.
         path, seed, t0 = out / f"{i:02d}-{inv.model}.{MODELS[inv.model]}", zoo.cfg.seed + i, time.perf_counter()
+        zoo.blanked = None
         with _atomic(path) as tmp:
             info = _write(tmp, inv.model, zoo(inv.model, inv.prompt, seed), zoo)
+        if zoo.blanked is not None:  # a checker ran: tell the reader whether the image is black because it flagged it
+            info["blanked_by_safety_checker"] = bool(zoo.blanked)
         written.append({"file": path.name, "model": inv.model, "prompt": inv.prompt,
                         "checkpoint": zoo.checkpoint(inv.model), "seed": seed, **zoo.settings(inv.model), **info,
+                        "scheduler": type(zoo.pipeline(inv.model).scheduler).__name__,
                         "seconds": round(time.perf_counter() - t0, 3)})
     record = {"response": meta.response, "problems": meta.problems, "outputs": written}
     with _atomic(out / "generated.json") as tmp:  # "replace": a lone surrogate of a hand-built MetaResponse -> "?"
@@ -486,6 +502,27 @@ def render_predictions(path: str, out: str, zoo: ModelZoo, limit: int) -> None:
         sys.exit(f"error: {bad} bad lines in {path} skipped (listed above); the {len(rows)} good ones were read")
 
 
+def add_zoo_args(parser: argparse.ArgumentParser, zoo: str = "paper", exclude=()) -> None:
+    """--zoo PRESET and one flag per ZooConfig field (--text_to_image ID_OR_DIR, --image_steps N, ...; the hyphen
+    spelling --text-to-image is an alias), except `exclude`. Shared by generate.py and chat.py (one set of names)."""
+    group = parser.add_argument_group("model zoo M (generate.py's ZooConfig; a flag overrides the --zoo preset)")
+    group.add_argument("--zoo", choices=sorted(PRESETS), default=zoo,
+                       help="paper: the paper's checkpoints (GPU, downloads); tiny: random tiny pipelines (CPU, offline)")
+    for f in dataclasses.fields(ZooConfig):
+        if f.name not in exclude:
+            names = dict.fromkeys(["--" + f.name, "--" + f.name.replace("_", "-")])  # one name if there is no _
+            shown = "ID_OR_DIR" if f.name.startswith("text_to_") else None if "choices" in f.metadata else f.name.upper()
+            group.add_argument(*names, dest=f"zoo_{f.name}", type=type(f.default), default=None, metavar=shown,
+                               choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (paper: {f.default})")
+
+
+def zoo_config(args: argparse.Namespace, **fixed) -> ZooConfig:
+    """The ZooConfig of add_zoo_args' flags: the --zoo preset, then each flag given, then `fixed`.
+    A value a pipeline would misuse raises ValueError naming the flag."""
+    flags = {f.name: v for f in dataclasses.fields(ZooConfig) if (v := getattr(args, f"zoo_{f.name}", None)) is not None}
+    return dataclasses.replace(PRESETS[args.zoo], **flags | fixed)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("meta", nargs="?", help="the LLM's meta-response text, or - to read it from stdin")
@@ -494,19 +531,14 @@ def main(argv: list[str] | None = None) -> None:
                         "each record's files go to OUT/<id>/ (a hash is added if <id> had to be made safe)")
     p.add_argument("--limit", type=int, default=0, help="with --predictions: the first N that invoke a model")
     p.add_argument("--out", default="outputs", help="folder for the generated files and generated.json")
-    p.add_argument("--zoo", choices=sorted(PRESETS), default="paper",
-                   help="paper: the paper's checkpoints (GPU, downloads); tiny: random tiny pipelines (CPU, offline)")
     p.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
                    help="only parse and print the meta-response")
-    for f in dataclasses.fields(ZooConfig):  # every ZooConfig field is a flag that overrides the preset
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                       help=f"{f.metadata['help']} (paper: {f.default})", choices=f.metadata.get("choices"))
+    add_zoo_args(p)
     args = p.parse_args(argv)
     if (args.meta is None) == (args.predictions is None):
         p.error("give a meta-response text (or -) or --predictions FILE")
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ZooConfig) if getattr(args, f.name) is not None}
     try:
-        cfg = dataclasses.replace(PRESETS[args.zoo], **overrides)
+        cfg = zoo_config(args)
     except ValueError as e:
         sys.exit(f"error: {e}")
     if args.limit < 0:

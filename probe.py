@@ -101,11 +101,12 @@ def main(argv=None):
                                   "data/toy/media.jsonl")
     ap.add_argument("--ceiling", metavar="RECORDS_JSONL", help="also the per-record ceiling of these records")
     ap.add_argument("--encoder", choices=sorted(ENCODERS), default="toy", help="which ImageBind (default: toy)")
-    ap.add_argument("--checkpoint", help="local imagebind_huge .pth file (encoder huge)")
-    ap.add_argument("--cache-dir", default=".cache/features", help="encode.py's feature cache")
+    ap.add_argument("--encoder_checkpoint", "--checkpoint", metavar="FILE",
+                    help="a local file of the encoder's weights (huge: imagebind_huge.pth)")
+    ap.add_argument("--cache_dir", "--cache-dir", default=".cache/features", help="encode.py's feature cache")
     ap.add_argument("--out", help="also write the table here as JSON (report.py shows it on the results page)")
     args = ap.parse_args(argv)
-    kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.checkpoint)
+    kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.encoder_checkpoint)
     print(f"{'modality':8} {'attribute':10} {'values':>6} {'chance':>6} {'split':>6} {'held-out combos':>15}")
     rows = probe(args.media, **kw)
     for r in rows:

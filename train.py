@@ -49,7 +49,6 @@ class TrainConfig:
     val_data: str = flag("data/toy/val.jsonl", "validation records ('' = no validation)")
     out_dir: str = flag("out/toy", "checkpoint and log.jsonl folder")
     cache_dir: str = flag(".cache/features", "encode.py's feature cache")
-    encoder_checkpoint: str = flag("", "imagebind_huge weights file for encode.py ('' = its default)")
     encode_missing: bool = flag(True, "encode media missing from the cache (rank 0), else print the command")
     bad_records: str = flag("skip", "a line that is not a valid record (data/README.md), found when the file is read, "
                             "or longer than max_len tokens, found when its batch is built: skip (file:line) or stop",
@@ -150,6 +149,11 @@ def config_problems(cfg: TrainConfig, acfg: AgentConfig) -> list[str]:
     for flag_name, folder in (("--out_dir", cfg.out_dir), ("--cache_dir", cfg.cache_dir)):
         if os.path.exists(folder) and not os.path.isdir(folder):
             problems.append(f"{flag_name} {folder}: is a file, not a folder: pass a folder")
+    if acfg.encoder_checkpoint and not os.path.isfile(acfg.encoder_checkpoint):
+        problems.append(f"--encoder_checkpoint {acfg.encoder_checkpoint}: no such file (imagebind_huge.pth: README)")
+    if acfg.encoder not in encode.ENCODERS or acfg.feat_dim != encode.embed_dim(acfg.encoder):
+        problems.append(f"--encoder {acfg.encoder} --feat_dim {acfg.feat_dim}: encoders are {sorted(encode.ENCODERS)}, "
+                        f"and feat_dim must be the encoder's ({encode.ENCODERS.get(acfg.encoder)})")
     return problems
 
 
@@ -277,14 +281,15 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
     rank, local, world, device = setup(cfg)
     master, dt_type = rank == 0, "cuda" if device.startswith("cuda") else "cpu"
     try:
+        splits = {f: load_split(f, cfg, acfg, master, device) for f in (cfg.data, cfg.val_data) if f}  # before loads
         torch.manual_seed(cfg.seed)  # every worker builds the same LoRA A and P
         model = ModaVerse.from_config(acfg).to(device).train()  # from_pretrained returns eval mode: no dropout
         if cfg.grad_checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]  # P + LoRA, frozen rest: before DDP
         assert all(p.dtype == torch.float32 for p in params), "trainable weights must be fp32: see lora.py"
-        data = load_split(cfg.data, model, cfg, acfg, master, device)  # a compact index; records read per batch
-        val = load_split(cfg.val_data, model, cfg, acfg, master, device) if cfg.val_data else []
+        data = splits[cfg.data].tokenised_by(model)  # a compact index; records read and tokenised per batch
+        val = splits[cfg.val_data].tokenised_by(model) if cfg.val_data else []
         feats, mods = stats_sample(data.mods, data.item_features, cfg.seed)  # P's standardisation and initial scale
         model.projector.init_to_scale(model.llm.get_input_embeddings().weight.float().std().item(),
                                       torch.from_numpy(feats).to(device), mods)

@@ -250,34 +250,14 @@ def test_record_without_supervised_token_raises(model):
         model(**batch, media_feats=feats(2), media_modalities=["audio", "image"])
 
 
-def test_cli_one_shot_and_interactive(monkeypatch, capsys):
-    with pytest.raises(SystemExit) as e:
-        agent.main(["--help"])
-    assert e.value.code == 0
-    agent.main(["--preset", "tiny", "--max_new_tokens", "3", "--show_prompt", "Draw a cat"])
-    assert "### Human: Draw a cat\n### Assistant:" in capsys.readouterr().out
-    lines = iter(["/image missing.png", "hello", "/reset", "/quit"])
-    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    agent.main(["--preset", "tiny", "--max_new_tokens", "2", "--interactive"])
-    assert "error: no such media file: missing.png" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no such media file: missing.png"):
-        agent.main(["--preset", "tiny", "--audio", "missing.png", "Describe it"])
-
-
-def test_cli_encodes_media_and_generates(tmp_path, monkeypatch, capsys):
-    from PIL import Image
-
-    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "cat.png")
-    monkeypatch.chdir(tmp_path)  # encode.py's feature cache and the outputs land here
-    seen = {}
-    meta = '{"response": "Here.", "invocations": [{"model": "text-to-image", "prompt": "a cat"}]}'
-    monkeypatch.setattr(ModaVerse, "respond", lambda self, q, media, *a: seen.update(media=media) or meta)
-    agent.main(["--preset", "tiny", "--image", "cat.png", "--generate", "--show_prompt", "Draw it bigger"])
-    out = capsys.readouterr().out
-    assert "### Human: <Media>▢</Media> Draw it bigger" in out and meta in out
-    [(modality, feature)] = seen["media"]
-    assert modality == "image" and feature.shape == (PRESETS["tiny"].feat_dim,)
-    assert (tmp_path / "outputs" / "00-text-to-image.png").is_file()
+def test_on_token_sees_every_step_and_changes_nothing(model):
+    """The hook chat.py streams with: called once per decoding step with each row's ids so far."""
+    seen = []
+    text = model.respond("Draw a cat", [("image", feats(1)[0])], max_new_tokens=7,
+                         on_token=lambda new: seen.append([list(ids) for ids in new]))
+    assert text == model.respond("Draw a cat", [("image", feats(1)[0])], max_new_tokens=7)
+    assert [len(s[0]) for s in seen] == list(range(1, len(seen) + 1)) and len(seen) <= 7
+    assert model.tokenizer.decode(seen[-1][0]).split(END)[0].strip() == text
 
 
 def test_gguf_tokenizer_is_unpacked_once_and_tokenizes_the_same(tmp_path):

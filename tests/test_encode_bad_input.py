@@ -74,8 +74,8 @@ def test_cli_mistakes_get_one_line_messages(media, tmp_path, capsys):
     cases = [([tmp_path / "missing.jsonl"], "missing.jsonl"),
              (["--modality", "image", media / "red.png", tmp_path / "missing.png"], "missing.png"),
              ([data, "--cache-dir", a_file], "not_a_folder"),
-             ([data, "--batch-size", 0], "--batch-size"),
-             ([data, "--batch-size", -3], "--batch-size")]
+             ([data, "--batch-size", 0], "--batch_size"),
+             ([data, "--batch_size", -3], "--batch_size")]
     for argv, named in cases:
         code, err = cli(capsys, *argv, *([] if "--cache-dir" in argv else ["--cache-dir", tmp_path / "c"]))
         assert code not in (0, None) and named in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -159,7 +159,7 @@ def test_tiny_text_to_image_writes_png(zoo, tmp_path):
     np.testing.assert_array_equal(np.asarray(png), generate._to_uint8(zoo("text-to-image", CAT.prompt, seed=0)))
     expected = {"file": "00-text-to-image.png", "model": "text-to-image", "prompt": "a photo of a cat",
                 "checkpoint": "tiny", "seed": 0, "num_inference_steps": 2, "guidance_scale": 7.5,
-                "height": 32, "width": 32}
+                "height": 32, "width": 32, "scheduler": "DDIMScheduler"}
     assert read_record(tmp_path) == {"response": "Here is a cat.", "problems": [], "outputs": [expected]}
     assert [{k: v for k, v in w.items() if k != "seconds"} for w in written] == [expected]
 
@@ -176,7 +176,7 @@ def test_tiny_text_to_video_writes_mp4(zoo, tmp_path):
     assert read_record(tmp_path)["outputs"] == [{
         "file": "00-text-to-video.mp4", "model": "text-to-video", "prompt": "a dog running", "checkpoint": "tiny",
         "seed": 0, "num_inference_steps": 2, "guidance_scale": 9.0, "height": 32, "width": 32, "num_frames": 4,
-        "frames": 4, "fps": 8}]
+        "frames": 4, "fps": 8, "scheduler": "DDIMScheduler"}]  # the tiny pipeline keeps DDIM (paper zoo: DPM-Solver++)
 
 
 def test_tiny_text_to_audio_writes_wav(zoo, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import agent
+import chat
 import encode
 import evaluate
 import generate
@@ -102,8 +102,8 @@ def test_encode_refuses_each_bad_file_and_caches_every_good_one(root, tmp_path, 
     assert files_under(root) == before  # the cache is elsewhere: nothing written beside the media
     for argv, message in [(["--modality", "audio", str(media / "nowhere.wav")], "no such file"),
                           (["--modality", "audio", str(media / "good.wav"), "--cache-dir", str(media / "good.png")],
-                           "--cache-dir"), (["--modality", "audio", str(media / "good.wav"), "--batch-size", "0"],
-                                            "--batch-size")]:
+                           "--cache_dir"), (["--modality", "audio", str(media / "good.wav"), "--batch-size", "0"],
+                                            "--batch_size")]:
         with pytest.raises(SystemExit, match=message):
             encode.main(argv)
 
@@ -174,10 +174,10 @@ def test_evaluate_and_generate_on_hostile_predictions(root, tmp_path, capsys):
         evaluate.main([str(tmp_path / "nowhere.jsonl"), "--predictions", str(preds)])
 
 
-def test_agent_one_shot_with_broken_media_is_one_line(root, capsys):
+def test_chat_one_shot_with_broken_media_is_one_line(root, capsys):
     for path in ("truncated.png", "nowhere.png"):
         with pytest.raises(SystemExit, match=rf"(?s)error: .*{path}"):
-            agent.main(["--preset", "tiny", "--image", str(root / "media" / path), "Draw this."])
+            chat.main(["--preset", "tiny", "--image", str(root / "media" / path), "Draw this."])
 
 
 def test_encode_reads_bom_crlf_data_files_and_refuses_binary_ones(root, tmp_path):

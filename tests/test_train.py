@@ -194,7 +194,7 @@ def model():
 def load(path, model, cache, split=False, **kw):
     """Every example of a data file (built as batches build them), or with split=True the lazy Split itself."""
     cfg = train.TrainConfig(**{"preset": "tiny", "cache_dir": cache, "encode_missing": False} | kw)
-    data = train.load_split(str(path), model, cfg, model.cfg, True, "cpu")
+    data = train.load_split(str(path), cfg, model.cfg, True, "cpu", model)
     return data if split else data[:]
 
 
@@ -203,7 +203,7 @@ def test_media_missing_from_cache_names_line_and_command_or_is_encoded(data, mod
     with pytest.raises(SystemExit) as e:
         load(path, model, data["cache"])
     assert f"{path}:1: " in str(e.value) and "(and 3 more media files) not in the feature cache" in str(e.value)
-    assert f"python encode.py {path} --encoder tiny --cache-dir {data['cache']}" in str(e.value)
+    assert f"python encode.py {path} --encoder tiny --cache_dir {data['cache']}" in str(e.value)
     # --encode_missing runs encode.py's tiny ImageBind on them: these files are random bytes, not images
     with pytest.raises(SystemExit, match=rf"uncached.jsonl:2: .*uncached-1.png: not a readable image file"):
         load(path, model, data["cache"], encode_missing=True)
