@@ -34,6 +34,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import encode
 from agent import PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, chat_request, format_meta_response, save_adapter
 from dataset import Prefetch, load_split, stats_sample, to_batch  # records -> batches, lazily (dataset.py)
 
