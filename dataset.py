@@ -188,7 +188,7 @@ def _prepare(path, first, cfg, acfg, device) -> tuple[str | None, dict]:
             return "\n".join(f"{path}:{first[mod][f]}: {f}: {why}{_outside(path, f)}" for f, why in failures), {}
         except encode.StoreBusy as e:
             return str(e), {}
-    return None, {} if missing else found  # after encoding, every worker locates again
+    return None, {} if missing else found  # after encoding: locate again
 
 
 def load_split(path, cfg, acfg, master: bool, device, model: ModaVerse | None = None) -> Split:
@@ -206,17 +206,21 @@ def load_split(path, cfg, acfg, master: bool, device, model: ModaVerse | None = 
     first = {}  # {modality: {file: line of its first record}}: each file once, in order of appearance
     for (f, m), fid in ids.items():
         first.setdefault(encode.MODALITIES[m], {})[f] = int(fid_line[fid])
-    error, found = _prepare(path, first, cfg, acfg, device) if master else (None, {})
-    error = [error]
+    shared = [None, {}]  # rank 0: (an error, {modality: (rows, legacy)}) for every worker: one stat per file, not N
+    if master:
+        error, found = _prepare(path, first, cfg, acfg, device)
+        if not error and not found:  # it encoded: where the new rows are
+            found = {mod: locate(list(by_file), mod, cfg, acfg) for mod, by_file in first.items()}
+        shared = [error, {mod: (rows, legacy) for mod, (_, rows, legacy, _) in found.items()}]
     if dist.is_initialized():
-        dist.broadcast_object_list(error)  # the others wait for rank 0's hashing and encoding, and stop if it failed
-    if error[0]:
-        raise SystemExit(error[0])
+        dist.broadcast_object_list(shared)  # the others wait for rank 0's hashing and encoding, and stop if it failed
+    if shared[0]:
+        raise SystemExit(shared[0])
     fid_rows, fid_mods, extra = np.empty(len(ids), np.int64), np.empty(len(ids), np.int8), []
     store = encode.locate([], "image", acfg.encoder, cfg.cache_dir, acfg.encoder_checkpoint or None)[0]
     for mod, by_file in first.items():
         files = list(by_file)
-        _, rows, legacy, _ = found.get(mod) or locate(files, mod, cfg, acfg)  # rank 0 found them already
+        rows, legacy = shared[1][mod]
         for i, f in legacy.items():  # the older per-file cache: kept in memory (python -m data.store pack avoids it)
             rows[i] = -1 - len(extra)
             extra.append(np.load(f))
