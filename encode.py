@@ -1,4 +1,4 @@
-"""ImageBind(I') of the paper's Eq. (1): encode images, videos and audio, cache one .npy per file.
+"""ImageBind(I') of the paper's Eq. (1): encode images, videos and audio, cache the features.
 
 ModaVerse feeds every input medium through a frozen ImageBind encoder (Girdhar et al. 2023) and then
 through a trainable linear projector (project.py). The encoder never changes during training, so we
@@ -11,9 +11,11 @@ Encoders (ENCODERS below):
   toy   a random, seeded 256-wide ImageBind (512-d): the offline demo. NOT a trained encoder.
   tiny  a random, seeded 64-wide ImageBind (512-d): the tests.
 
-Cache layout: <cache_dir>/<encoder id>/<modality>/<sha256 of the file's bytes>.npy. The encoder id
-hashes the encoder's config, seed, weights file and preprocessing, so a changed file or a different
-encoder never returns a stale embedding. Each .npy is written to a temp file and renamed.
+Cache (data/store.py): <cache_dir>/<encoder id>/store/, shards of packed rows found by content key
+(sha256 of the file's bytes + modality + encoder id). The encoder id hashes the encoder's config, seed,
+weights file and preprocessing, so a changed file or a different encoder never returns a stale embedding.
+A file's hash is computed once and found again by (path, size, mtime): a restart reads no media. The older
+per-file cache <cache_dir>/<encoder id>/<modality>/<sha256>.npy is still read (python -m data.store pack).
 
   python encode.py data/toy/train.jsonl data/toy/test.jsonl --encoder toy   # media of data files
   python encode.py --modality image cat.png dog.png --encoder huge          # a list of files
@@ -30,7 +32,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import types
 import warnings
 from dataclasses import asdict, dataclass
@@ -41,6 +42,8 @@ import soundfile as sf
 import torch
 import torchvision
 from tqdm import tqdm
+
+from data.store import StoreBusy, locate as store_locate, read_located  # the packed cache; imports no stage
 
 # pytorchvideo 0.1.5 (used by imagebind.data) imports a module torchvision removed in 0.17.
 sys.modules.setdefault("torchvision.transforms.functional_tensor", torchvision.transforms.functional)
@@ -195,76 +198,64 @@ class EncodeError(RuntimeError):
         super().__init__(f"{len(failures)} file(s) could not be encoded:\n{lines}")
 
 
-def _file_sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def cache_path(path, modality: str, encoder: str = "tiny", cache_dir=".cache/features", checkpoint=None) -> Path:
-    return Path(cache_dir) / encoder_id(encoder, checkpoint) / modality / f"{_file_sha256(path)}.npy"
-
-
-def _save_atomic(target: Path, array: np.ndarray):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, target)  # atomic on POSIX: readers see the old file or the whole new one
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def locate(paths, modality: str, encoder="tiny", cache_dir=".cache/features", checkpoint=None, dtype="float32"):
+    """data.store.locate for this encoder: (store, keys, rows, legacy, failures); reads no media bytes for files
+    hashed before. dtype applies to a new store only."""
+    return store_locate(paths, modality, encoder_id(encoder, checkpoint), embed_dim(encoder), cache_dir, dtype)
 
 
 @torch.inference_mode()
-def encode_files(paths, modality: str, encoder: str = "tiny", cache_dir=".cache/features",
-                 checkpoint: str | None = None, batch_size: int = 32, device: str = "cpu",
-                 progress: bool = True) -> np.ndarray:
-    """Embeddings (N, D) float32 for `paths`, from the cache or freshly encoded (and cached).
+def ensure_cached(paths, modality: str, encoder: str = "tiny", cache_dir=".cache/features",
+                  checkpoint: str | None = None, batch_size: int = 32, device: str = "cpu", progress: bool = True,
+                  dtype: str = "float32"):
+    """Encode what the cache lacks into the packed store; return locate()'s (store, keys, rows, legacy).
 
     Files that fail (missing, empty, unreadable, not the named modality, non-finite) are reported all
-    together in an EncodeError raised after every good file has been encoded and cached.
+    together in an EncodeError raised after every good file has been encoded and committed.
     """
     if modality not in MODALITIES or batch_size < 1:
         raise ValueError(f"modality {modality!r} (one of {MODALITIES}), batch_size {batch_size} (at least 1)")
     if checkpoint and not os.path.isfile(checkpoint):  # else every file would fail with "cannot read"
         raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
-    paths = [str(p) for p in paths]
-    failures, targets, todo = {}, {}, []
-    for p in dict.fromkeys(paths):  # each distinct file once
-        try:
-            targets[p] = cache_path(p, modality, encoder, cache_dir, checkpoint)
-        except OSError as e:
-            failures[p] = f"cannot read: {e.strerror or e}"
-            continue
-        if not targets[p].exists():
-            todo.append(p)
+    store, keys, rows, legacy, failures = locate(paths, modality, encoder, cache_dir, checkpoint, dtype)
+    todo = list(dict.fromkeys(p for i, p in enumerate(map(str, paths)) if rows[i] < 0 and i not in legacy
+                              and p not in failures))
     bar = tqdm(total=len(todo), desc=f"encode {modality}", unit="file", disable=not progress or not todo)
-    for i in range(0, len(todo), batch_size):
-        by_shape = {}  # {input shape: {path: input}}: longer audio and video have more clips
-        for p in todo[i:i + batch_size]:
-            bar.update(1)
-            try:
-                x = preprocess(p, modality)
-                by_shape.setdefault(x.shape, {})[p] = x
-            except Exception as e:  # noqa: BLE001 -- any decoder error means "this file is bad"
-                failures[p] = f"not a readable {modality} file: {e}" if isinstance(e, ValueError) else \
-                    f"not a readable {modality} file ({type(e).__name__}: {e})"
-        for group in by_shape.values():
-            model = load_encoder(encoder, checkpoint, device)  # built on first use only (lru_cache)
-            x = torch.stack(list(group.values())).to(device)  # image (B,3,224,224); audio/video (B, clips, ...)
-            emb = model({IB_KEY[modality]: x})[IB_KEY[modality]].float()  # (B, D)
-            # a NaN input can come out finite but meaningless; items never mix, so the others stay good
-            finite = x.flatten(1).isfinite().all(1) & emb.isfinite().all(1)  # (B,)
-            for p, e, ok in zip(group, emb.cpu().numpy(), finite.tolist()):
-                if ok:
-                    _save_atomic(targets[p], e)
-                else:
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(store.writer()) if todo else None  # StoreBusy if another run writes
+        for i in range(0, len(todo), batch_size):
+            by_shape = {}  # {input shape: {path: input}}: longer audio and video have more clips
+            for p in todo[i:i + batch_size]:
+                bar.update(1)
+                try:
+                    x = preprocess(p, modality)
+                    by_shape.setdefault(x.shape, {})[p] = x
+                except Exception as e:  # noqa: BLE001 -- any decoder error means "this file is bad"
+                    failures[p] = f"not a readable {modality} file: {e}" if isinstance(e, ValueError) else \
+                        f"not a readable {modality} file ({type(e).__name__}: {e})"
+            for group in by_shape.values():
+                model = load_encoder(encoder, checkpoint, device)  # built on first use only (lru_cache)
+                x = torch.stack(list(group.values())).to(device)  # image (B,3,224,224); audio/video (B, clips, ...)
+                emb = model({IB_KEY[modality]: x})[IB_KEY[modality]].float().cpu().numpy()  # (B, D)
+                # a NaN input can come out finite but meaningless; items never mix, so the others stay good
+                finite = x.flatten(1).isfinite().all(1).cpu().numpy() & np.isfinite(emb.astype(store.dtype)).all(1)
+                for p in np.array(list(group))[~finite]:  # or a value past float16's range, in a float16 store
                     failures[p] = "non-finite feature (NaN/Inf in the input or the model output)"
+                writer.add([keys[p] for p in np.array(list(group))[finite]], emb[finite])
     bar.close()
     if failures:
         raise EncodeError(failures)
-    return np.array([np.load(targets[p]) for p in paths], np.float32).reshape(len(paths), embed_dim(encoder))
+    if todo:
+        rows = np.where(rows < 0, store.lookup([keys[str(p)] for p in paths]), rows)
+    return store, keys, rows, legacy
+
+
+def encode_files(paths, modality: str, encoder: str = "tiny", cache_dir=".cache/features", checkpoint=None,
+                 batch_size: int = 32, device: str = "cpu", progress: bool = True, dtype="float32") -> np.ndarray:
+    """Embeddings (N, D) float32 for `paths`, from the cache or freshly encoded (ensure_cached)."""
+    store, _, rows, legacy = ensure_cached(paths, modality, encoder, cache_dir, checkpoint, batch_size, device,
+                                           progress, dtype)
+    return read_located(store, rows, legacy)
 
 
 # ---------------------------------------------------------------- data files
@@ -297,7 +288,9 @@ def main(argv=None):
     ap.add_argument("--encoder", choices=sorted(ENCODERS), default="toy", help="which ImageBind (default: toy)")
     ap.add_argument("--encoder_checkpoint", "--checkpoint", metavar="FILE",
                     help="a local file of the encoder's weights (huge: imagebind_huge.pth; nothing is downloaded)")
-    ap.add_argument("--cache_dir", "--cache-dir", default=".cache/features", help="where the .npy embeddings go")
+    ap.add_argument("--cache_dir", "--cache-dir", default=".cache/features", help="where the feature store goes")
+    ap.add_argument("--store_dtype", "--store-dtype", choices=("float32", "float16"), default="float32",
+                    help="dtype of a NEW store (float16 halves the disk; an existing store keeps its own)")
     ap.add_argument("--batch_size", "--batch-size", type=int, default=32, help="files per forward pass")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
@@ -314,21 +307,22 @@ def main(argv=None):
     except OSError as e:
         raise SystemExit(f"encode.py: --cache_dir {args.cache_dir}: not a folder ({e.strerror}); give a folder path")
     kw = dict(encoder=args.encoder, cache_dir=args.cache_dir, checkpoint=args.encoder_checkpoint,
-              batch_size=args.batch_size, device=args.device)
+              batch_size=args.batch_size, device=args.device, dtype=args.store_dtype)
     if not args.inputs:
         ap.error("give data files, or media files with --modality")
     groups = {args.modality: args.inputs} if args.modality else media_in(args.inputs)
     failed = {}
     for modality, paths in groups.items():
         try:
-            x = encode_files(paths, modality, **kw)
-            folder = Path(args.cache_dir) / encoder_id(args.encoder, args.encoder_checkpoint)
-            print(f"{modality}: {len(x)} files -> {folder}")
+            store = ensure_cached(paths, modality, **kw)[0]
+            print(f"{modality}: {len(set(paths))} files -> {store.folder}")
+        except StoreBusy as e:
+            raise SystemExit(f"encode.py: {e}")
         except EncodeError as e:
             failed.update(e.failures)
+            print(f"{modality}: {len(set(paths)) - len(e.failures)} files encoded, {len(e.failures)} failed")
         except OSError as e:  # the encoder's weights: not found, not downloadable
             raise SystemExit(f"encode.py: {e}") from None
-            print(f"{modality}: {len(set(paths)) - len(e.failures)} files encoded, {len(e.failures)} failed")
     for p, why in failed.items():
         print(f"FAILED {p}: {why}", file=sys.stderr)
     return 1 if failed else 0

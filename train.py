@@ -15,6 +15,7 @@ Checkpoint = out_dir/ (rank 0 writes, every file atomically: temp file + os.repl
     train_config.json, log.jsonl       the run's configs; one JSON line per logged step / evaluation
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -34,9 +35,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import encode
-from agent import (IGNORE, PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, chat_request, format_meta_response,
-                   save_adapter)
-from data.records import DataError, read_valid  # the data format's one validator (data/README.md)
+from agent import PRESETS as AGENT_PRESETS, AgentConfig, ModaVerse, chat_request, format_meta_response, save_adapter
+from dataset import Prefetch, load_split, stats_sample, to_batch  # records -> batches, lazily (dataset.py)
 
 
 def flag(default, help, choices=None):  # noqa: A002 -- a dataclass field that carries its --help text
@@ -51,8 +51,9 @@ class TrainConfig:
     out_dir: str = flag("out/toy", "checkpoint and log.jsonl folder")
     cache_dir: str = flag(".cache/features", "encode.py's feature cache")
     encode_missing: bool = flag(True, "encode media missing from the cache (rank 0), else print the command")
-    bad_records: str = flag("skip", "a line that is not a valid record (data/README.md) or is longer than max_len "
-                            "tokens: skip (counted, file:line) or stop", ("skip", "stop"))
+    bad_records: str = flag("skip", "a line that is not a valid record (data/README.md), found when the file is read, "
+                            "or longer than max_len tokens, found when its batch is built: skip (file:line) or stop",
+                            ("skip", "stop"))
     epochs: int = flag(1, "passes over the training data")
     max_steps: int = flag(0, "optimizer steps (0 = epochs x steps per epoch)")
     batch_size: int = flag(8, "records per optimizer step, summed over workers and micro-steps")
@@ -157,118 +158,7 @@ def config_problems(cfg: TrainConfig, acfg: AgentConfig) -> list[str]:
     return problems
 
 
-# ---------------------------------------------------------------- data
-def read_records(path: str, cfg: TrainConfig, master: bool) -> list[tuple[int, dict]]:
-    """(line number, record) of every valid record (data.records, the validator the data tools use)."""
-    try:
-        return read_valid(path, cfg.bad_records, say=print if master else lambda _: None)
-    except DataError as e:
-        raise SystemExit(str(e)) from None
-
-
-def media_features(path: str, records, cfg: TrainConfig, acfg: AgentConfig, master: bool, device) -> dict:
-    """{media file: ImageBind feature (feat_dim,)} from encode.py's cache, encoding what is missing (rank 0)."""
-    ckpt, where = acfg.encoder_checkpoint, {}  # file -> (line, modality) of its first record
-    for n, rec in records:
-        for m in rec.get("media", []):
-            file = str(Path(path).parent / m["path"])  # records are valid: a modality and a path
-            if not os.path.isfile(file):
-                raise SystemExit(f"{path}:{n}: record {rec['id']!r}: media item {m} names no existing file "
-                                 f"(looked for {file!r}){_outside(path, file)}")
-            where.setdefault(file, (n, m["modality"]))
-    cache = {f: encode.cache_path(f, mod, acfg.encoder, cfg.cache_dir, ckpt) for f, (_, mod) in where.items()}
-    missing = [f for f, c in cache.items() if not c.exists()]
-    if missing and not cfg.encode_missing:
-        command = f"python encode.py {path} --encoder {acfg.encoder} --cache_dir {cfg.cache_dir}"
-        raise SystemExit(f"{path}:{where[missing[0]][0]}: {missing[0]} (and {len(missing) - 1} more media files) not "
-                         f"in the feature cache {cfg.cache_dir}. Encode them first:\n  {command}"
-                         + (f" --encoder_checkpoint {ckpt}" if ckpt else ""))
-    error = [None]  # rank 0 encodes; the other workers learn from it whether that worked
-    if missing and master:
-        try:
-            for mod in encode.MODALITIES:
-                todo = [f for f in missing if where[f][1] == mod]
-                if todo:
-                    encode.encode_files(todo, mod, acfg.encoder, cfg.cache_dir, ckpt, device=device)
-        except encode.EncodeError as e:
-            error = ["\n".join(f"{path}:{where[f][0]}: {f}: {why}{_outside(path, f)}" for f, why in e.failures.items())]
-    if missing and dist.is_initialized():
-        dist.broadcast_object_list(error)  # the others wait for rank 0's encoding, and stop if it failed
-    if error[0]:
-        raise SystemExit(error[0])
-    feats = {f: np.load(c) for f, c in cache.items()}
-    if any(x.shape != (acfg.feat_dim,) for x in feats.values()):
-        raise SystemExit(f"{cfg.cache_dir}: encoder {acfg.encoder!r} features are not {acfg.feat_dim}-d: --feat_dim?")
-    for f, x in feats.items():  # one NaN feature makes every weight NaN within a step
-        if not np.isfinite(x).all():
-            raise SystemExit(f"{path}:{where[f][0]}: {f}: its cached feature {cache[f]} is not finite (NaN/Inf): "
-                             "delete that file and encode again (encode.py refuses such features)")
-    return feats
-
-
-def _outside(path: str, file: str) -> str:
-    """A hint when a media path leaves the data file's folder (the usual cause: a path relative to another folder)."""
-    folder = os.path.realpath(Path(path).parent)
-    if os.path.commonpath([folder, os.path.realpath(file)]) == folder:
-        return ""
-    return f" (this path resolves outside the data folder {folder}: media paths are relative to the .jsonl's folder)"
-
-
-def read_split(path, cfg, acfg, master, device) -> tuple[list, dict]:
-    """(records, {media file: feature}): every check of a data file (records valid, media there, features cached
-    or encoded), done before the LLM loads, so a missing file is found in seconds, not after loading 7B weights."""
-    records = read_records(path, cfg, master)
-    return records, media_features(path, records, cfg, acfg, master, device)
-
-
-def load_split(path, model: ModaVerse, cfg, acfg, master, device, split=None) -> list[dict]:
-    """Records -> examples: token ids + labels (agent.build_example) + their media features, in record order."""
-    records, feats = split or read_split(path, cfg, acfg, master, device)
-    out, too_long = [], []
-    for n, rec in records:
-        try:
-            ex = model.build_example(rec)
-        except ValueError:  # agent.build_example: longer than max_len (never truncated)
-            if cfg.bad_records == "stop":
-                raise SystemExit(f"{path}:{n}: record {rec.get('id')!r} is longer than max_len={acfg.max_len} "
-                                 "tokens: raise --max_len, shorten the record, or pass --bad_records skip")
-            too_long.append(n)
-            continue
-        files = [str(Path(path).parent / m["path"]) for m in rec.get("media", [])]
-        out.append(ex | {"n_sup": sum(t != IGNORE for t in ex["labels"][1:]),  # tokens the loss averages over
-                         "feats": np.array([feats[f] for f in files], np.float32).reshape(-1, acfg.feat_dim),
-                         "modalities": [m["modality"] for m in rec.get("media", [])], "record": rec})
-    if too_long and master:
-        print(f"{path}: skipped {len(too_long)} of {len(records)} records longer than max_len={acfg.max_len} tokens "
-              f"(lines {too_long[:10]}{' ...' if len(too_long) > 10 else ''})")
-    if not out:
-        raise SystemExit(f"{path}: no record fits max_len={acfg.max_len}: nothing to train on")
-    return out
-
-
-def stats_sample(data: list[dict], seed: int, feat_dim: int, per_modality: int = 1024):
-    """Up to per_modality media items of each modality, drawn (seeded, so every worker draws the same) from the
-    WHOLE training set: the first records of a file may lack a modality or be sorted by source.
-    -> feats (N, feat_dim) float32, modalities (N names)."""
-    where = {}  # modality -> [(example, item)]
-    for i, e in enumerate(data):
-        for j, m in enumerate(e["modalities"]):
-            where.setdefault(m, []).append((i, j))
-    rng, picked = np.random.default_rng(seed), []
-    for m in sorted(where):
-        picked += [(where[m][k], m) for k in sorted(rng.permutation(len(where[m]))[:per_modality])]
-    feats = np.array([data[i]["feats"][j] for (i, j), _ in picked], np.float32).reshape(-1, feat_dim)
-    return feats, [m for _, m in picked]
-
-
-def to_batch(model: ModaVerse, examples: list[dict], device) -> dict:
-    """Examples -> forward() keywords: (B, T) ids/mask/labels, media rows (M, feat_dim) in record order."""
-    b = model.collate(examples)
-    feats = torch.from_numpy(np.concatenate([e["feats"] for e in examples]))  # (M, feat_dim)
-    return {k: v.to(device) for k, v in b.items()} | {
-        "media_feats": feats.to(device), "media_modalities": [m for e in examples for m in e["modalities"]]}
-
-
+# ---------------------------------------------------------------- data (the records themselves: dataset.py)
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """One epoch's global batches: a permutation seeded by (seed, epoch), cut into batch_size pieces (the last
     may be shorter). Every worker computes the same list and takes its share of each batch: each record is used
@@ -392,19 +282,19 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
     rank, local, world, device = setup(cfg)
     master, dt_type = rank == 0, "cuda" if device.startswith("cuda") else "cpu"
     try:
-        splits = {f: read_split(f, cfg, acfg, master, device) for f in (cfg.data, cfg.val_data) if f}  # before loads
+        splits = {f: load_split(f, cfg, acfg, master, device) for f in (cfg.data, cfg.val_data) if f}  # before loads
         torch.manual_seed(cfg.seed)  # every worker builds the same LoRA A and P
         model = ModaVerse.from_config(acfg).to(device).train()  # from_pretrained returns eval mode: no dropout
         if cfg.grad_checkpointing:
             model.llm.activation_checkpointing_enable({"use_reentrant": False})
         params = [p for p in model.parameters() if p.requires_grad]  # P + LoRA, frozen rest: before DDP
         assert all(p.dtype == torch.float32 for p in params), "trainable weights must be fp32: see lora.py"
-        data = load_split(cfg.data, model, cfg, acfg, master, device, splits[cfg.data])
-        val = load_split(cfg.val_data, model, cfg, acfg, master, device, splits[cfg.val_data]) if cfg.val_data else []
-        feats, mods = stats_sample(data, cfg.seed, acfg.feat_dim)  # P's standardisation and initial scale
+        data = splits[cfg.data].tokenised_by(model)  # a compact index; records read and tokenised per batch
+        val = splits[cfg.val_data].tokenised_by(model) if cfg.val_data else []
+        feats, mods = stats_sample(data.mods, data.item_features, cfg.seed)  # P's standardisation and initial scale
         model.projector.init_to_scale(model.llm.get_input_embeddings().weight.float().std().item(),
                                       torch.from_numpy(feats).to(device), mods)
-        unseen = sorted({m for e in val for m in e["modalities"]} - set(mods))
+        unseen = sorted((val.modalities() if val else set()) - set(mods))
         if unseen:
             raise SystemExit(f"{cfg.val_data}: has {unseen} media but {cfg.data} has none: P would meet a modality "
                              "it was never trained on. Add such records to the training data or drop them from val")
@@ -435,13 +325,12 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             print(f"{len(data)} train / {len(val)} val records, {per_epoch} steps per epoch, {total} steps, {world} "
                   f"worker(s) on {device}, autocast {ptdtype}, {sum(p.numel() for p in params):,} trainable")
         bar = tqdm(total=total, initial=step, unit="step", disable=None if master else True)
-        t_start, step0, order_epoch = time.time(), step, -1
+        orders = functools.lru_cache(maxsize=2)(lambda epoch: epoch_batches(len(data), cfg.batch_size, cfg.seed, epoch))
+        batches = Prefetch(data, lambda s: orders(s // per_epoch)[s % per_epoch])  # the data position: the step alone
+        t_start, step0 = time.time(), step
         while step < total:
             t0 = time.time()
-            epoch, pos = divmod(step, per_epoch)  # the data position follows from the step alone
-            if epoch != order_epoch:
-                order, order_epoch = epoch_batches(len(data), cfg.batch_size, cfg.seed, epoch), epoch
-            batch = [data[i] for i in order[pos]]
+            batch = batches.get(step, total)  # parsed, tokenised, features from the store (while the last step ran)
             n_sup = sum(e["n_sup"] for e in batch)  # supervised tokens of the GLOBAL batch
             mine = batch[rank::world] or batch[:1]  # a worker with no record joins the all-reduce with weight 0
             weight = world / n_sup if batch[rank::world] else 0.0
@@ -484,6 +373,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
                     f"tok/s {last['tok_per_s']:.0f} | elapsed {t - t_start:.1f}s | eta {last['eta_s']:.0f}s")
             if val and (step == total or (cfg.eval_every and step % cfg.eval_every == 0)):
                 if master:
+                    batches.settle()  # the tokenizer is not thread-safe: no batch is built while evaluate tokenises
                     res = evaluate(raw_model, val, cfg, ctx, device)
                     last |= res
                     log(log_path, {"step": step} | res, f"step {step}/{total} | val_loss {res['val_loss']:.4f} | "
@@ -495,6 +385,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
             if step == cfg.stop_after:
                 break
         bar.close()
+        batches.close()
         return last
     finally:
         if dist.is_initialized():

@@ -1,4 +1,4 @@
-"""encode.py: parity with the imagebind package, the .npy cache, and bad input."""
+"""encode.py: parity with the imagebind package, the feature store cache, and bad input."""
 import json
 import subprocess
 import sys
@@ -11,8 +11,15 @@ import soundfile as sf
 import torch
 
 import encode
+from data.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cached(cache_dir) -> np.ndarray:
+    """Every feature held by the packed stores under cache_dir (all encoders), (N, D)."""
+    stores = [FeatureStore(f) for f in sorted(Path(cache_dir).glob("*/store"))]
+    return np.concatenate([s.read(np.arange(len(s))) for s in stores] or [np.zeros((0, 512), np.float32)])
 
 
 def write_png(path, rgb, shape="square"):
@@ -102,8 +109,7 @@ def test_cache_hit_miss_and_invalidation(media, tmp_path, monkeypatch):
     png = tmp_path / "img.png"
     write_png(png, (220, 20, 20))
     first = encode.encode_files([png], "image", "tiny", cache_dir=tmp_path / "c", progress=False)
-    files = list((tmp_path / "c").rglob("*.npy"))
-    assert len(files) == 1
+    assert len(cached(tmp_path / "c")) == 1
 
     calls = []
     real = encode.preprocess
@@ -116,12 +122,12 @@ def test_cache_hit_miss_and_invalidation(media, tmp_path, monkeypatch):
     assert len(calls) == 1 and not np.allclose(changed, first)
 
     monkeypatch.setitem(encode.ENCODERS, "tiny", encode.EncoderConfig(64, 2, 4, 512, seed=1))
-    assert encode.encoder_id("tiny") != Path(files[0]).parts[-3]  # another encoder, another folder
+    assert encode.encoder_id("tiny") not in {p.name for p in (tmp_path / "c").iterdir()}  # another encoder: folder
     encode.load_encoder.cache_clear()
     other = encode.encode_files([png], "image", "tiny", cache_dir=tmp_path / "c", progress=False)
     encode.load_encoder.cache_clear()
     assert not np.allclose(other, changed)
-    assert len(list((tmp_path / "c").rglob("*.npy"))) == 3
+    assert len(cached(tmp_path / "c")) == 3
 
 
 def test_each_video_is_opened_once(media, tmp_path, monkeypatch):
@@ -163,18 +169,29 @@ def test_second_pass_loads_no_encoder_and_decodes_nothing(media, tmp_path, monke
     assert list(err.value.failures) == [str(tmp_path / "text.png")]
 
 
-def test_crash_during_write_leaves_no_partial_file(media, tmp_path, monkeypatch):
-    def crash(f, arr):
-        f.write(b"\x93NUMPY partial")
-        raise KeyboardInterrupt
+def test_a_kill_before_the_index_commit_leaves_the_store_as_it_was(media, tmp_path, monkeypatch):
+    """The rows of red.png reach the shard, the process dies before the index names them: the store still reads
+    (as empty), and the next run writes red.png's row over the leftover bytes."""
+    import data.store
 
-    monkeypatch.setattr(encode.np, "save", crash)
+    real = data.store.os.replace
+    def killed(src, dst):
+        if str(dst).endswith("index.npy"):
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(data.store.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         encode.encode_files([media / "red.png"], "image", "tiny", cache_dir=tmp_path, progress=False)
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     monkeypatch.undo()
-    x = encode.encode_files([media / "red.png"], "image", "tiny", cache_dir=tmp_path, progress=False)
-    assert x.shape == (1, 512) and np.isfinite(x).all()
+    (store,) = [FeatureStore(f) for f in tmp_path.glob("*/store")]
+    assert len(store) == 0 and (store.folder / "shard-00000.bin").stat().st_size == 512 * 4  # rows, no index
+    assert not list(store.folder.glob("index*"))
+    both = [media / "red.png", media / "blue.png"]
+    x = encode.encode_files(both, "image", "tiny", cache_dir=tmp_path, progress=False)
+    ref = encode.encode_files(both, "image", "tiny", cache_dir=tmp_path / "ref", progress=False)
+    assert np.array_equal(x, ref) and len(cached(tmp_path)) == 2
+    assert (store.folder / "shard-00000.bin").stat().st_size == 2 * 512 * 4  # the leftover row was overwritten
 
 
 def test_bad_files_are_reported_and_the_rest_encoded(media, tmp_path):
@@ -203,9 +220,8 @@ def test_bad_files_are_reported_and_the_rest_encoded(media, tmp_path):
         for name, fragment in expected.items():
             assert fragment in reasons[name], (name, reasons[name])
             assert name in str(err.value)
-    npys = list((tmp_path / "c").rglob("*.npy"))
-    assert len(npys) == 3  # the one good file of each modality was cached
-    assert all(np.isfinite(np.load(p)).all() for p in npys)
+    feats = cached(tmp_path / "c")
+    assert len(feats) == 3 and np.isfinite(feats).all()  # the one good file of each modality was cached
 
 
 def test_cli_on_a_data_file_and_exit_codes(media, tmp_path):

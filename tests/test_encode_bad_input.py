@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 import encode
-from test_encode import ROOT, media, write_wav  # noqa: F401 -- `media` is a fixture
+from test_encode import ROOT, cached, media, write_wav  # noqa: F401 -- `media` is a fixture
 
 
 def test_non_finite_input_is_refused_and_not_cached(media, tmp_path):
@@ -19,8 +19,8 @@ def test_non_finite_input_is_refused_and_not_cached(media, tmp_path):
         encode.encode_files(paths, "audio", "tiny", cache_dir=tmp_path / "c", progress=False)
     assert set(err.value.failures) == {str(tmp_path / "nan.wav"), str(tmp_path / "inf.wav")}
     assert all("non-finite" in why for why in err.value.failures.values())
-    npys = list((tmp_path / "c").rglob("*.npy"))
-    assert len(npys) == 1 and np.isfinite(np.load(npys[0])).all()  # low.wav, and only it
+    feats = cached(tmp_path / "c")
+    assert len(feats) == 1 and np.isfinite(feats).all()  # low.wav, and only it
 
 
 def test_non_finite_model_output_is_refused_and_not_cached(media, tmp_path, monkeypatch):
@@ -36,7 +36,7 @@ def test_non_finite_model_output_is_refused_and_not_cached(media, tmp_path, monk
         encode.encode_files([media / "red.png", media / "blue.png"], "image", "tiny", cache_dir=tmp_path, progress=False)
     assert list(err.value.failures) == [str(media / "blue.png")]
     assert "non-finite" in err.value.failures[str(media / "blue.png")]
-    assert len(list(tmp_path.rglob("*.npy"))) == 1
+    assert len(cached(tmp_path)) == 1
 
 
 @pytest.mark.parametrize("modality,names", [("audio", ["low.wav", "long.wav", "low.wav"]),

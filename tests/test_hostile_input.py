@@ -21,6 +21,7 @@ import encode
 import evaluate
 import generate
 import train
+from test_encode import cached  # every feature in a cache's packed stores
 
 RATE = 16000
 
@@ -91,8 +92,8 @@ def test_encode_refuses_each_bad_file_and_caches_every_good_one(root, tmp_path, 
                         "--batch-size", "4"]) == 1
     err = capsys.readouterr().err
     assert all(f"FAILED {p}:" in err for p in bad) and not any(f"FAILED {p}:" in err for p in good)
-    feats = sorted(cache.rglob("*.npy"))
-    assert len(feats) == len(good) and all(np.isfinite(np.load(f)).all() for f in feats)
+    feats = cached(cache)  # the packed feature store (data/store.py)
+    assert len(feats) == len(good) and np.isfinite(feats).all()
     assert encode.main(["--modality", "image", str(media / "good.png"), str(media / "truncated.png"),
                         "--encoder", "tiny", "--cache-dir", str(cache)]) == 1
     assert encode.main(["--modality", "video", str(media / "broken.mp4"), "--encoder", "tiny",

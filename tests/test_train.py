@@ -8,6 +8,7 @@ import json
 import os
 import re
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import data.store as data_store
 import encode
 import train
 from agent import PRESETS as AGENT_PRESETS, load_adapter
@@ -28,7 +30,7 @@ def make_data(root, name, n, seed=0, cache=None):
     rng = np.random.default_rng(seed)
     direction = np.random.default_rng(123).standard_normal((len(COLOURS), 512)).astype(np.float32)
     os.makedirs(root / "media", exist_ok=True)
-    lines = []
+    lines, planted = [], []
     for i in range(n):
         c = i % len(COLOURS)
         media = [("image", f"media/{name}-{i}.png", direction[c])]
@@ -36,17 +38,24 @@ def make_data(root, name, n, seed=0, cache=None):
             media.append(("audio", f"media/{name}-{i}.wav", rng.standard_normal(512).astype(np.float32)))
         for modality, rel, feat in media:
             (root / rel).write_bytes(rng.bytes(64))  # any bytes: the cache key is their hash
-            if cache is not None:
-                target = encode.cache_path(root / rel, modality, "tiny", cache)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                np.save(target, feat + 0.1 * rng.standard_normal(512).astype(np.float32))
+            planted.append((root / rel, modality, feat + 0.1 * rng.standard_normal(512).astype(np.float32)))
         lines.append({"id": f"{name}-{i}", "kind": "output", "instruction": f"{VERBS[i % 3]} the same colour.",
                       "media": [{"modality": m, "path": rel} for m, rel, _ in media],
                       "target": {"response": "Here is the picture." + " Enjoy!" * (i % 3),  # 3 answer lengths
                                  "invocations": [{"model": "text-to-image", "prompt": f"a {COLOURS[c]} kite"}]}})
+    if cache is not None:
+        for modality in ("image", "audio"):
+            plant(cache, [(p, f) for p, m, f in planted if m == modality], modality)
     path = root / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     return str(path)
+
+
+def plant(cache, files_feats, modality):
+    """Put features into encode.py's feature store, as encode.py would have (data/store.py)."""
+    store, keys, _, _, _ = encode.locate([p for p, _ in files_feats], modality, "tiny", cache)
+    with store.writer() as w:
+        w.add([keys[str(p)] for p, _ in files_feats], np.array([f for _, f in files_feats]))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -182,9 +191,11 @@ def model():
     return train.ModaVerse.from_config(AGENT_PRESETS["tiny"])
 
 
-def load(path, model, cache, **kw):
+def load(path, model, cache, split=False, **kw):
+    """Every example of a data file (built as batches build them), or with split=True the lazy Split itself."""
     cfg = train.TrainConfig(**{"preset": "tiny", "cache_dir": cache, "encode_missing": False} | kw)
-    return train.load_split(str(path), model, cfg, model.cfg, True, "cpu")
+    data = train.load_split(str(path), cfg, model.cfg, True, "cpu", model)
+    return data if split else data[:]
 
 
 def test_media_missing_from_cache_names_line_and_command_or_is_encoded(data, model, tmp_path):
@@ -199,7 +210,7 @@ def test_media_missing_from_cache_names_line_and_command_or_is_encoded(data, mod
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(data["root"] / "media" / "real.png")
     real = data["root"] / "real.jsonl"
     real.write_text(open(data["train"]).readline().replace("media/train-0.png", "media/real.png"))
-    assert not encode.cache_path(data["root"] / "media" / "real.png", "image", "tiny", data["cache"]).exists()
+    assert encode.locate([data["root"] / "media" / "real.png"], "image", "tiny", data["cache"])[2][0] == -1
     (example,) = load(real, model, data["cache"], encode_missing=True)
     expected = encode.encode_files([data["root"] / "media" / "real.png"], "image", "tiny", data["cache"])
     np.testing.assert_array_equal(example["feats"][0], expected[0])
@@ -259,11 +270,24 @@ def test_media_outside_the_data_folder_is_named(data, model, tmp_path):
 
 
 def test_nonfinite_cached_feature_stops_naming_the_file(data, model, tmp_path):
-    path = make_data(tmp_path, "nan", 2, seed=7, cache=data["cache"])
-    np.save(encode.cache_path(tmp_path / "media" / "nan-1.png", "image", "tiny", data["cache"]),
-            np.full(512, np.nan, np.float32))
+    """In the older per-file cache: found when the file is read. In the store (encode.py never writes one there,
+    so a damaged store): found when the record's batch is built, naming its line."""
+    path = make_data(tmp_path, "nan", 2, seed=7, cache=None)
+    for file, feat in [("nan-0.png", 1.0), ("nan-0.wav", 1.0), ("nan-1.png", np.nan)]:  # record 0: image + audio
+        sha, modality = data_store.file_sha256(tmp_path / "media" / file), "audio" if file.endswith("wav") else "image"
+        legacy = Path(data["cache"], encode.encoder_id("tiny"), modality, f"{sha}.npy")
+        legacy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(legacy, np.full(512, feat, np.float32))
     with pytest.raises(SystemExit, match=r"nan.jsonl:2: .*nan-1.png: its cached feature .* is not finite"):
         load(path, model, data["cache"])
+    path = make_data(tmp_path, "nan_store", 2, seed=8, cache=None)
+    plant(data["cache"], [(tmp_path / "media" / f"nan_store-{i}.png", np.full(512, [1.0, np.inf][i], np.float32))
+                          for i in range(2)], "image")
+    plant(data["cache"], [(tmp_path / "media" / "nan_store-0.wav", np.zeros(512, np.float32))], "audio")
+    split = load(path, model, data["cache"], split=True)
+    assert np.array_equal(split.batch([0])[0]["feats"], np.repeat([[1.0], [0.0]], 512, 1))  # image, audio
+    with pytest.raises(SystemExit, match=r"nan_store.jsonl:2: record 'nan_store-1': a cached feature .* not finite"):
+        split.batch([0, 1])
 
 
 def test_nonfinite_loss_stops_naming_step_and_records_and_keeps_the_last_checkpoint(data, tmp_path):
@@ -278,13 +302,14 @@ def test_nonfinite_loss_stops_naming_step_and_records_and_keeps_the_last_checkpo
 def test_statistics_from_a_seeded_sample_of_the_whole_file(data, tmp_path):
     """Audio only in the last records of a large file still gets statistics (they came from the first 1,024
     records before); the sample is seeded; a modality in val but not in train is refused."""
-    examples = [{"feats": np.full((1, 4), i, np.float32), "modalities": ["image"]} for i in range(3000)]
-    examples += [{"feats": np.ones((2, 4), np.float32), "modalities": ["audio", "image"]}]
-    feats, mods = train.stats_sample(examples, seed=0, feat_dim=4, per_modality=100)
+    items = np.array([encode.MODALITIES.index(m) for m in ["image"] * 3000 + ["audio", "image"]], np.int8)
+    table = np.concatenate([np.arange(3000, dtype=np.float32).repeat(4).reshape(3000, 4), np.ones((2, 4), np.float32)])
+    read = lambda i: table[i]  # noqa: E731 -- what Split.item_features does with the store
+    feats, mods = train.stats_sample(items, read, seed=0, per_modality=100)
     assert mods.count("audio") == 1 and mods.count("image") == 100 and feats.shape == (101, 4)
     assert feats[[m == "image" for m in mods], 0].max() > 1024  # spread over the whole file
-    again, _ = train.stats_sample(examples, seed=0, feat_dim=4, per_modality=100)
-    assert np.array_equal(feats, again) and not np.array_equal(feats, train.stats_sample(examples, 1, 4, 100)[0])
+    again, _ = train.stats_sample(items, read, seed=0, per_modality=100)
+    assert np.array_equal(feats, again) and not np.array_equal(feats, train.stats_sample(items, read, 1, 100)[0])
     no_audio = data["root"] / "no_audio.jsonl"  # make_data gives audio to records 0, 3, 6, ...: keep 1 and 2
     no_audio.write_text("".join(open(data["train"]).read().splitlines(keepends=True)[1:3]))
     with pytest.raises(SystemExit, match=r"has \['audio'\] media but .*no_audio.jsonl has none"):
@@ -329,7 +354,8 @@ def test_missing_data_file_stops_before_the_model_loads(data, tmp_path, monkeypa
         train.main(args(data, tmp_path, "--data", "nowhere.jsonl"))
 
 
-def test_over_long_record_is_skipped_and_counted_or_stops(data, model, capsys):
+def test_over_long_record_is_skipped_and_named_or_stops(data, model, capsys):
+    """Records are tokenised when their batch is built (dataset.py): an over-long one is left out of its batch."""
     lines = open(data["train"]).read().splitlines()[:4]
     long = json.loads(lines[1])
     long["instruction"] = "Draw the same colour " + "again and again " * 100
@@ -337,7 +363,22 @@ def test_over_long_record_is_skipped_and_counted_or_stops(data, model, capsys):
     path.write_text("\n".join(lines[:1] + [json.dumps(long)] + lines[2:]) + "\n")
     examples = load(path, model, data["cache"])
     assert [e["record"]["id"] for e in examples] == ["train-0", "train-2", "train-3"]
-    assert "skipped 1 of 4 records longer than max_len=256 tokens (lines [2])" in capsys.readouterr().out
+    assert "long.jsonl:2: record 'train-1' is longer than max_len=256 tokens: skipped" in capsys.readouterr().out
     assert all(e["n_sup"] > 0 and len(e["input_ids"]) <= 256 for e in examples)
     with pytest.raises(SystemExit, match=r"long.jsonl:2: record 'train-1' is longer than max_len=256"):
         load(path, model, data["cache"], bad_records="stop")
+
+
+def test_a_loaded_split_holds_a_compact_index_not_records_or_features(data, model):
+    """Lazy loading (dataset.py): per record and media item a few integers; features stay in the store's mmap."""
+    split = load(data["train"], model, data["cache"], split=True)
+    n_items = 12 + 4  # make_data: an image per record, an audio clip in records 0, 3, 6, 9
+    arrays = [v for v in vars(split).values() if isinstance(v, np.ndarray)]
+    assert len(split) == 12 and split.extra.shape == (0, 512)  # no feature in memory: all in the packed store
+    assert sum(a.nbytes for a in arrays) <= 32 * len(split) + 16 * n_items
+    assert not [k for k, v in vars(split).items() if isinstance(v, (list, dict, set)) and len(v)]
+    batch = split.batch([3, 0])  # built now: parsed, tokenised, features read from the store
+    assert [e["record"]["id"] for e in batch] == ["train-3", "train-0"] and batch[0]["modalities"] == ["image", "audio"]
+    root = data["root"] / "media"
+    expected = encode.encode_files([root / "train-3.png"], "image", "tiny", data["cache"])  # cached: no encoder runs
+    np.testing.assert_array_equal(batch[0]["feats"][:1], expected)
