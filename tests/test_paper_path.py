@@ -18,6 +18,7 @@ import transformers
 from PIL import Image
 
 import agent
+import chat
 import encode
 import evaluate
 import generate
@@ -139,7 +140,12 @@ def test_paper_preset_path_offline_with_local_checkpoints(paper, capsys):
         x = encode.preprocess(paper / "data/red.png", "image")[None]
         expected = reference.eval()({"vision": x})["vision"][0].numpy()
     np.testing.assert_allclose(feat[0], expected, atol=1e-5)
-    assert isinstance(model.respond("Draw something of this colour.", [("image", feat[0])], max_new_tokens=4), str)
+    answer = model.respond("Draw something of this colour.", [("image", feat[0])], max_new_tokens=4)
+    # ... and through the user's CLI, which takes the encoder checkpoint from the adapter's config.json
+    capsys.readouterr()
+    chat.main(["Draw something of this colour.", "--adapter", out, "--image", str(paper / "data/red.png"),
+               "--max_new_tokens", "4", "--cache_dir", cache, "--json"])
+    assert capsys.readouterr().out.strip() == answer.strip()  # --json: the raw meta-response, the same greedy text
     ids = torch.tensor([model.encode_chat([("Draw this.", [("image", None)], None)])[0]])
     with torch.no_grad():  # the image reaches the LLM: another feature, other logits
         a, b = (model(ids, media_feats=f[None], media_modalities=["image"]).logits for f in (feat[0], -feat[0]))
