@@ -59,8 +59,8 @@ class TrainConfig:
     batch_size: int = flag(8, "records per optimizer step, summed over workers and micro-steps")
     micro_batch: int = flag(8, "records per forward/backward on a worker; gradient accumulation does the rest")
     lr: float = flag(1e-3, "peak learning rate (AdamW)")
-    projector_lr: float = flag(1.0, "P's learning rate as a fraction of --lr (P starts at the LLM's token scale, "
-                                    "see project.init_to_scale; at the LoRA's rate it outgrows it within steps)")
+    projector_lr: float = flag(1.0, "P's learning rate as a fraction of --lr (toy preset: 0.1 and 3 both scored "
+                                    "lower than 1, data/README.md)")
     min_lr_frac: float = flag(0.1, "final learning rate of the cosine, as a fraction of lr")
     warmup_frac: float = flag(0.05, "linear warmup, as a fraction of the steps")
     weight_decay: float = flag(0.0, "AdamW weight decay")
@@ -84,7 +84,7 @@ PRESETS = {
     "tiny": TrainConfig(preset="tiny", out_dir="out/tiny", max_steps=20,
                         batch_size=4, micro_batch=2, lr=3e-3, eval_every=0, val_max=8, val_respond=2, save_every=0),
     # The offline demo, chosen by held-out test runs on 2 cores (README "Results"): at equal tokens, batch 4 x 128
-    # steps at lr 2e-3 beat batch 8 x 64 (exact prompts 49% vs 42%); ~1.8 s/step, validated once at the end.
+    # steps at lr 2e-3 beat batch 8 x 64 (exact prompts 49% vs 42%); ~1.6 s/step, validated once at the end.
     # Longer runs score higher: --max_steps 240 --batch_size 8 --micro_batch 8 --lr 1e-3 (the earlier preset).
     "toy": TrainConfig(max_steps=128, batch_size=4, micro_batch=4, lr=2e-3, eval_every=0, save_every=0),
     # Official code (configs/base.py, configs/dscfg.json): Adam lr 5e-4 peak, betas (0.9, 0.95), weight decay
