@@ -292,7 +292,7 @@ def main(argv=None):
     ap.add_argument("--store_dtype", "--store-dtype", choices=("float32", "float16"), default="float32",
                     help="dtype of a NEW store (float16 halves the disk; an existing store keeps its own)")
     ap.add_argument("--batch_size", "--batch-size", type=int, default=32, help="files per forward pass")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if any")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         raise SystemExit(f"encode.py: --batch_size must be at least 1 (got {args.batch_size})")

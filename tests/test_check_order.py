@@ -1,7 +1,13 @@
 """Cheap checks come before expensive loads in every command line (issue 17): a missing file or a flag that makes
 no sense is reported in a second, not after loading a 7B LLM, ImageBind-huge or a diffusion pipeline. Each test
-replaces the loader by one that fails the test if it is called."""
+replaces the loader by one that fails the test if it is called. The cheapest check of all, `--help`, is run for
+every script."""
+import argparse
+import importlib
 import json
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +17,33 @@ import encode
 import evaluate
 import generate
 import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("*.py"), *ROOT.glob("data/*.py")]
+                 if 'if __name__ == "__main__":' in p.read_text())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_help_lists_every_flag_with_help_text(script, monkeypatch, capsys):
+    """STYLE rule 3: `--help` works for every runnable script (nanoGPT's configurator crashes on it): it exits 0,
+    under the script's own name, and lists every argument its parser accepts, each with a help text."""
+    monkeypatch.syspath_prepend(str(ROOT / "data"))  # the data/ tools import each other by bare name
+    module = importlib.import_module(Path(script).stem)
+    parsers, print_help = [], argparse.ArgumentParser.print_help
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", lambda self, file=None: parsers.append(self)
+                        or print_help(self, file))
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit) as e:
+        module.main()  # every main() reads sys.argv when given no arguments
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"usage: {Path(script).name} "), out[:200]
+    [parser] = parsers
+    for action in parser._actions:
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help and action.help != argparse.SUPPRESS, f"{script}: {name} has no help text"
+        choices = "{" + ",".join(map(str, action.choices)) + "}" if action.choices else None  # how argparse shows them
+        for flag in action.option_strings or [action.metavar or choices or action.dest]:
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out), f"{script}: {flag} not in --help"
 
 
 def forbid(monkeypatch, owner, name):

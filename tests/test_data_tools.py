@@ -183,14 +183,32 @@ def captions(tmp_path):
     return str(path)
 
 
-def test_shipped_seeds_and_refs_load():
+def test_shipped_seeds_and_refs_serve_every_modality():
+    """--template (paper §3.3) must make output records from the shipped seeds and references for a caption of
+    any modality: each modality has seeds that attach it and text-only seeds that ask for it, every generator
+    has references with style tags, and every seed, given a new caption, gives a valid record that carries the
+    new caption and none of the seed's own description. (Seed media paths are never read: the candidate's are used.)"""
     seeds = mi.load_seeds(str(DATA / "seeds.jsonl"))
     refs = mi.load_refs(str(DATA / "language_refs.txt"))
-    assert len(seeds) == 26 and {len(s["media"]) for s in seeds} == {0, 1}
+    assert all(validate_record(s) == [] for s in seeds) and len({s["id"] for s in seeds}) == len(seeds)
+    for modality in mi.MODEL_FOR:
+        fits = [s for s in seeds if mi._fits(s, modality)]
+        assert any(s["media"] for s in fits) and any(not s["media"] for s in fits), modality
     assert {inv["model"] for s in seeds for inv in s["target"]["invocations"]} == set(mi.MODELS)
-    assert {s["media"][0]["modality"] for s in seeds if s["media"]} == {"image", "audio", "video"}
-    assert {m: len(v) for m, v in refs.items()} == {"text-to-image": 12, "text-to-video": 9, "text-to-audio": 9}
+    assert all(refs[m] and len(set(refs[m])) == len(refs[m]) for m in mi.MODELS), refs
     assert all(mi.style_tags(r).startswith(", ") for v in refs.values() for r in v)
+    modality_of = {model: m for m, model in mi.MODEL_FOR.items()}
+    for s in seeds:
+        modality = s["media"][0]["modality"] if s["media"] else modality_of[s["target"]["invocations"][0]["model"]]
+        cand = mi.Candidate("cap-0", modality, "../media/x", "A purple kettle sings on a stove.")
+        rec = mi.template_output(mi.Job("job-0", "output", [cand], seed=s), refs)
+        assert validate_record(rec) == [], (s["id"], rec)
+        assert rec["media"] == ([{"modality": modality, "path": "../media/x"}] if s["media"] else []), s["id"]
+        prompts = [inv["prompt"] for inv in rec["target"]["invocations"]]
+        assert all(p.startswith("a purple kettle sings on a stove, ") for p in prompts), (s["id"], prompts)
+        text = " ".join([rec["instruction"], rec["target"]["response"], *prompts])
+        assert s["description"] not in text, s["id"]  # the seed's own caption must not leak into the record
+        assert s["media"] or "a purple kettle sings on a stove" in rec["instruction"], s["id"]
 
 
 def test_template_mode_valid_deterministic_mixed(tmp_path, captions, capsys):

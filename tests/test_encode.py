@@ -98,11 +98,26 @@ def test_tiny_encoder_equals_package_preprocessing_and_model(media, tmp_path, mo
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_tiny_encoder_is_seeded():
-    a = encode.load_encoder.__wrapped__("tiny")
-    b = encode.load_encoder.__wrapped__("tiny")
-    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+def test_tiny_encoder_is_seeded_and_separates_inputs(media, monkeypatch):
+    """The cache names features by the encoder's config (encoder_id), so the random 'tiny' encoder must be the
+    same whatever the global RNG did before (another process: encode.py, then train.py) and leave that RNG
+    alone; another seed is another encoder, and different media must get different features."""
+    x = {n: encode.preprocess(media / n, "image")[None] for n in ("red.png", "blue.png")}
+    vision = lambda m, n: m({encode.IB_KEY["image"]: x[n]})[encode.IB_KEY["image"]][0]  # noqa: E731  (512,)
+    a = encode.load_encoder("tiny")  # the cached one the other tests use
+    torch.manual_seed(7), torch.rand(3)
+    state = torch.get_rng_state()
+    b = encode.load_encoder.__wrapped__("tiny")  # built afresh, after other draws from the global RNG
+    assert torch.equal(torch.get_rng_state(), state)  # and without consuming the caller's RNG stream
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(p, q), n
+    monkeypatch.setitem(encode.ENCODERS, "tiny", encode.EncoderConfig(64, 2, 4, 512, seed=1))
+    c = encode.load_encoder.__wrapped__("tiny")
+    with torch.inference_mode():
+        red_a, red_b, red_c = (vision(m, "red.png") for m in (a, b, c))
+        blue_a = vision(a, "blue.png")
+    assert torch.equal(red_a, red_b)
+    assert torch.cosine_similarity(red_a, blue_a, 0) < 0.999 and torch.cosine_similarity(red_a, red_c, 0) < 0.99
 
 
 def test_cache_hit_miss_and_invalidation(media, tmp_path, monkeypatch):
@@ -237,4 +252,3 @@ def test_cli_on_a_data_file_and_exit_codes(media, tmp_path):
     assert "image: 1 files" in ok.stdout and "audio: 1 files" in ok.stdout
     bad = run("--modality", "audio", media / "low.wav", media / "red.png")
     assert bad.returncode == 1 and f"FAILED {media / 'red.png'}" in bad.stderr
-    assert run("--help").returncode == 0

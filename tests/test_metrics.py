@@ -73,13 +73,68 @@ def test_frechet_distance_closed_form():
 
 
 def test_generation_metrics_skip_without_weights(tmp_path):
+    """No judge's weights: each metric is skipped with one line that names the missing file or folder and the flag
+    that takes it (nothing is downloaded)."""
     outputs = [{"file": "00-text-to-image.png", "model": "text-to-image", "prompt": "a cat"},
                {"file": "01-text-to-audio.wav", "model": "text-to-audio", "prompt": "rain"}]
     (tmp_path / "generated.json").write_text(json.dumps({"response": "", "problems": [], "outputs": outputs}))
-    out = metrics.generation_metrics([str(tmp_path)], clip=str(tmp_path / "no-clip"))
-    assert out["n"] == {"text-to-image": 1, "text-to-audio": 1}
-    assert not any(k.startswith(("CLIPSIM", "FID/")) for k in out)
-    assert [s.split(":")[0] for s in out["skipped"]] == ["CLIPSIM", "FID", "FD/IS (audio)"]
+    clip = str(tmp_path / "no-clip")
+    out = metrics.generation_metrics([str(tmp_path)], clip=clip)
+    assert out == {"n": {"text-to-image": 1, "text-to-audio": 1}, "skipped": [
+        f"CLIPSIM: CLIP {clip!r} is neither a folder nor in the Hugging Face cache (--clip)",
+        "FID: no --fid_reference folder of real images",
+        "FD/IS (audio): need real audio to compare with: benchmarks.py t2a"]}
+    weights = str(tmp_path / "no-inception.pth")
+    out = metrics.generation_metrics([str(tmp_path)], clip=clip, fid_reference=str(tmp_path), inception_weights=weights)
+    assert out["skipped"][1] == f"FID: {weights} not found: fetch {metrics.INCEPTION_URL} and pass --inception PATH"
+
+
+def tiny_clip():
+    """A random CLIPModel from a tiny config, with the real (offline) CLIP tokenizer: (model, processor)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    import generate
+
+    torch.manual_seed(0)
+    layers = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = CLIPModel(CLIPConfig(text_config=dict(vocab_size=49408, projection_dim=8, **layers),
+                                 vision_config=dict(image_size=32, patch_size=8, **layers), projection_dim=8)).eval()
+    return model, CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                                generate._clip_tokenizer())
+
+
+def test_clipsim_and_fid_of_generated_folders_with_tiny_judges(tmp_path):
+    """CLIPSIM (paper Tables 3-4) is the cosine that CLIPModel's own forward scales into logits_per_image, averaged
+    over (prompt, file) pairs; generation_metrics pairs each generated.json's files with their own prompts and scores
+    FID against the reference folder (here with the tiny ChannelMeans extractor)."""
+    from PIL import Image
+
+    model, processor = clip = tiny_clip()
+    rng, prompts, pairs = np.random.default_rng(0), ["a red ball on grass", "two cats asleep on a sofa"], []
+    for i, prompt in enumerate(prompts):
+        d = tmp_path / f"gen{i}"
+        _save_images(d, {"00-text-to-image.png": ("RGB", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))})
+        outputs = [{"file": "00-text-to-image.png", "model": "text-to-image", "prompt": prompt}]
+        (d / "generated.json").write_text(json.dumps({"response": "", "problems": [], "outputs": outputs}))
+        pairs.append((prompt, str(d / "00-text-to-image.png")))
+    _save_images(tmp_path / "ref", {f"{i}.png": ("RGB", rng.integers(0, 256, (60, 50, 3), dtype=np.uint8))
+                                    for i in range(3)})
+
+    def reference(text, path):  # transformers' forward: logit_scale * cos(image, text)
+        batch = processor(text=[text], images=[Image.open(path)], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            return (model(**batch).logits_per_image[0, 0] / model.logit_scale.exp()).item()
+
+    sims = [reference(*p) for p in pairs]
+    assert abs(sims[0] - sims[1]) > 1e-3  # the pairs differ, so a mix-up of prompts and files would show
+    assert metrics.clipsim(pairs[:1], clip) == pytest.approx(sims[0], abs=1e-5)
+    assert metrics.clipsim(pairs[::-1], clip) == pytest.approx(np.mean(sims), abs=1e-5)
+    out = metrics.generation_metrics([str(tmp_path / "gen0"), str(tmp_path / "gen1")], clip=clip,
+                                     fid_reference=str(tmp_path / "ref"), inception_weights=ChannelMeans())
+    assert out["n"] == {"text-to-image": 2} and out["skipped"] == []
+    assert out["CLIPSIM/text-to-image"] == pytest.approx(np.mean(sims), abs=1e-5)
+    fid = metrics.fid([p for _, p in pairs], str(tmp_path / "ref"), ChannelMeans())
+    assert fid > 0 and out["FID/text-to-image"] == pytest.approx(fid, rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- FID inputs (issue 12)

@@ -122,13 +122,23 @@ def test_paper_trainable_parameter_count():
     assert (total, total_shared) == (46_149_632, 37_752_832)
 
 
-def test_count_clis_print_the_paper_numbers(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["project.py"])
+def test_count_clis_follow_their_flags(monkeypatch, capsys):
+    """The count CLIs print, line for line, the sizes their flags ask for (test_paper_trainable_parameter_count
+    checks the paper's sizes from the functions): P is in x K*D + K*D per linear, three or one (shared);
+    LoRA adds layers x targets x r * (in + out) to Vicuna-7B's frozen total."""
+    monkeypatch.setattr(sys, "argv", ["project.py", "--in-dim", "8", "--llm-dim", "4", "--tokens-per-item", "2"])
     project.main()
-    monkeypatch.setattr(sys, "argv", ["lora.py"])
+    assert capsys.readouterr().out.splitlines() == [  # 8 * 2*4 + 2*4 = 72 per linear
+        "P, three linears, one per modality (paper): 216 parameters (8 -> 2 x 4)",
+        "P, one shared linear (official code): 72 parameters (8 -> 2 x 4)"]
+    monkeypatch.setattr(sys, "argv", ["lora.py", "--r", "8", "--targets", "q_proj", "v_proj"])
     lora.main()
-    out = capsys.readouterr().out
-    assert "12,595,200" in out and "4,198,400" in out and "LoRA trainable: 33,554,432 in 128 layers" in out
+    lora_8 = 32 * 2 * 8 * (4096 + 4096)
+    assert capsys.readouterr().out.splitlines() == [
+        f"Vicuna-7B shapes (hidden 4096, 32 layers): {VICUNA_7B_TOTAL:,} parameters",
+        "LoRA r=8 on q_proj v_proj: r * (in + out) per layer",
+        f"LoRA trainable: {lora_8:,} in 64 layers ({100 * lora_8 / (VICUNA_7B_TOTAL + lora_8):.3f}% of "
+        f"{VICUNA_7B_TOTAL + lora_8:,})"]
 
 
 def test_standardisation_from_training_features():
