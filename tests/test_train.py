@@ -21,6 +21,8 @@ import encode
 import train
 from agent import PRESETS as AGENT_PRESETS, load_adapter
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 COLOURS = ("red", "green", "blue", "yellow")
 VERBS = ("Draw", "Paint a picture of", "Please sketch, in a few strokes,")  # different lengths: token weighting matters
 
@@ -56,15 +58,6 @@ def plant(cache, files_feats, modality):
     store, keys, _, _, _ = encode.locate([p for p, _ in files_feats], modality, "tiny", cache)
     with store.writer() as w:
         w.add([keys[str(p)] for p, _ in files_feats], np.array([f for _, f in files_feats]))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on 2 cores shared with other jobs, 2 threads made tiny steps 10-30x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

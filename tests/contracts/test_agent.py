@@ -19,6 +19,8 @@ from agent import END, IGNORE, PRESETS, AgentConfig, ModaVerse, chat_request, fo
 from agent import save_adapter
 from generate import parse_meta_response
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 FEAT = PRESETS["tiny"].feat_dim
 TARGET = {"response": "Voilà, a \"red\" kite!", "invocations": [{"model": "text-to-image", "prompt": "a red kite"},
                                                               {"model": "text-to-audio", "prompt": "wind"}]}

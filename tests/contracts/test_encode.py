@@ -14,6 +14,8 @@ import train
 
 from .helpers import COLOURS, write_png, write_records, write_wav
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):

@@ -18,6 +18,8 @@ from PIL import Image
 
 from generate import MODELS, PRESETS, MetaResponse, ModelZoo, generate, parse_meta_response
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 META = {"response": "Here you are: a kite, its flight and its sound.", "invocations": [
     {"model": "text-to-image", "prompt": "a red kite"}, {"model": "text-to-video", "prompt": "a kite flying"},
     {"model": "text-to-audio", "prompt": "wind in a kite's sail"}]}

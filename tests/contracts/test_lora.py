@@ -13,6 +13,8 @@ import torch.nn as nn
 
 from lora import apply_lora, load_lora_state_dict, lora_state_dict, merge_lora, unmerge_lora
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TARGETS = ("q_proj", "v_proj")
 
 

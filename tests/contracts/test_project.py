@@ -12,6 +12,8 @@ import torch
 
 from project import MODALITIES, Projector, splice
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 IN, D = 12, 16
 MODS = ["image", "audio", "video", "image", "audio"]
 

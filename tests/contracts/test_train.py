@@ -20,6 +20,8 @@ from agent import load_adapter
 
 from .helpers import write_records
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 def log(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
