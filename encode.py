@@ -161,11 +161,15 @@ def encoder_id(encoder: str, checkpoint: str | None = None) -> str:
     return f"{encoder}-{digest}"
 
 
+def _check_checkpoint(checkpoint: str | None):
+    if checkpoint and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
+
+
 @functools.lru_cache(maxsize=2)
 def load_encoder(encoder: str = "tiny", checkpoint: str | None = None, device: str = "cpu"):
     cfg = ENCODERS[encoder]
-    if checkpoint and not os.path.isfile(checkpoint):  # before building (huge: ~1.2B weights) or downloading
-        raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
+    _check_checkpoint(checkpoint)  # before building (huge: ~1.2B weights) or downloading
     if cfg.width == 0:  # with a local checkpoint the package downloads nothing (pretrained=False)
         try:
             model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)
@@ -215,8 +219,7 @@ def ensure_cached(paths, modality: str, encoder: str = "tiny", cache_dir=".cache
     """
     if modality not in MODALITIES or batch_size < 1:
         raise ValueError(f"modality {modality!r} (one of {MODALITIES}), batch_size {batch_size} (at least 1)")
-    if checkpoint and not os.path.isfile(checkpoint):  # else every file would fail with "cannot read"
-        raise FileNotFoundError(f"encoder checkpoint {checkpoint}: no such file (imagebind_huge.pth, see encode.py)")
+    _check_checkpoint(checkpoint)  # else every file would fail with "cannot read"
     store, keys, rows, legacy, failures = locate(paths, modality, encoder, cache_dir, checkpoint, dtype)
     todo = list(dict.fromkeys(p for i, p in enumerate(map(str, paths)) if rows[i] < 0 and i not in legacy
                               and p not in failures))
