@@ -17,6 +17,7 @@ import generate
 import metrics
 import panns
 from agent import PRESETS, ModaVerse, save_adapter
+from test_metrics import tiny_clip  # tests/ is on sys.path under pytest
 
 CAPTIONS = ["a red ball on grass", "a blue car in the rain", "a green bird on a branch"]
 
@@ -57,19 +58,10 @@ class EchoAgent:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny random adapter and the tiny judges (CLIP from a tiny config with the offline CLIP tokenizer)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
     save_adapter(ModaVerse.from_config(PRESETS["tiny"]), str(root / "adapter"))
-    clip = CLIPModel(CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32,
-                                                 num_hidden_layers=1, num_attention_heads=2, projection_dim=8),
-                                vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                                   num_attention_heads=2, image_size=32, patch_size=8),
-                                projection_dim=8)).eval()
-    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                              generate._clip_tokenizer())
-    judges = {"inception": TinyInception(), "clip": (clip, processor),
+    judges = {"inception": TinyInception(), "clip": tiny_clip(),
               "panns": panns.cnn14(widths=(4, 4, 8, 8, 8, 8), classes=5)}
     with pytest.MonkeyPatch.context() as mp:  # the seeded tiny pipelines are built once for the module's runs
         mp.setattr(generate, "_tiny_pipeline", functools.lru_cache(generate._tiny_pipeline))
