@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 import encode
 from agent import IGNORE, ModaVerse
-from data.records import DataError, scan_jsonl  # the data format's one validator (data/README.md)
+from data.records import DataError, iter_valid  # the data format's one validator (data/README.md)
 
 CODE = {m: i for i, m in enumerate(encode.MODALITIES)}  # modality -> int8 code of the item arrays
 
@@ -116,24 +116,14 @@ class Split:
 
 def scan(path: str, bad: str, say):
     """The valid records of a data file as arrays: (line numbers, media pointer, file id of each item, {(file,
-    modality): file id}). A line that is not a record is skipped and counted (say() names each path:line and
-    why), or with bad="stop" ends the run: what data.records.read_valid does, without holding the records."""
-    root, lines, ptr, items, ids, skipped = str(Path(path).parent), array("i"), array("q", [0]), array("i"), {}, []
-    for n, rec, problems in scan_jsonl(path):
-        if problems:
-            if bad == "stop":
-                raise SystemExit(f"{path}:{n}: {'; '.join(problems)} (data/README.md)")
-            skipped.append(f"  {path}:{n}: {'; '.join(problems)}")
-            continue
+    modality): file id}). Bad lines are skipped and counted, or stop the run, by data.records.iter_valid, which
+    streams: no record is held."""
+    root, lines, ptr, items, ids = str(Path(path).parent), array("i"), array("q", [0]), array("i"), {}
+    for n, rec in iter_valid(path, bad, say):
         lines.append(n)
         for m in record_media(rec):  # each (file, modality) gets one id; a modality code, not a str per item
             items.append(ids.setdefault((os.path.join(root, m["path"]), CODE[m["modality"]]), len(ids)))
         ptr.append(len(items))
-    if skipped:
-        say(f"{path}: skipped {len(skipped)} of {len(lines) + len(skipped)} records not in the data format "
-            "(data/README.md):\n" + "\n".join(skipped[:10]) + ("\n  ..." if len(skipped) > 10 else ""))
-    if not lines:
-        raise SystemExit(f"{path}: no valid record (the file is empty or every line is bad): nothing to read")
     return lines, ptr, items, ids
 
 
@@ -197,7 +187,7 @@ def load_split(path, cfg, acfg, master: bool, device, model: ModaVerse | None = 
     loading 7B weights); Split.tokenised_by(model) then builds examples. ~30 bytes per record and media item."""
     try:
         lines, ptr, items, ids = scan(path, cfg.bad_records, print if master else lambda _: None)
-    except DataError as e:  # not a text file, or cannot be opened
+    except DataError as e:  # not a text file, cannot be opened, a bad line with --bad_records stop, no record
         raise SystemExit(str(e)) from None
     item_line = np.repeat(np.asarray(lines), np.diff(np.asarray(ptr)))  # (items,) the line of each item's record
     fid_line = np.zeros(len(ids), np.int64)

@@ -146,24 +146,29 @@ def read_jsonl(path: str, validate: bool = True) -> list[dict]:
     return records
 
 
-def read_valid(path: str, bad: str = "skip", say=print) -> list[tuple[int, dict]]:
-    """(line number, record) of every valid record, for training and evaluation. A line that is not JSON or
-    not in the data format is skipped and counted (say() names each path:line and why), or with bad="stop"
-    raises DataError; a file with no valid record raises DataError."""
-    good, skipped = [], []
+def iter_valid(path: str, bad: str = "skip", say=print) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of every valid record, streamed (train.py's lazy data holds no records). A line that
+    is not JSON or not in the data format is skipped and counted (say() names each path:line and why, once the
+    file is read), or with bad="stop" raises DataError; a file with no valid record raises DataError."""
+    good, skipped = 0, []
     for lineno, rec, problems in scan_jsonl(path):
         if not problems:
-            good.append((lineno, rec))
+            good += 1
+            yield lineno, rec
         elif bad == "stop":
             raise DataError(f"{path}:{lineno}: {'; '.join(problems)} (data/README.md)")
         else:
             skipped.append(f"  {path}:{lineno}: {'; '.join(problems)}")
     if skipped:
-        say(f"{path}: skipped {len(skipped)} of {len(good) + len(skipped)} records not in the data format "
+        say(f"{path}: skipped {len(skipped)} of {good + len(skipped)} records not in the data format "
             "(data/README.md):\n" + "\n".join(skipped[:10]) + ("\n  ..." if len(skipped) > 10 else ""))
     if not good:
         raise DataError(f"{path}: no valid record (the file is empty or every line is bad): nothing to read")
-    return good
+
+
+def read_valid(path: str, bad: str = "skip", say=print) -> list[tuple[int, dict]]:
+    """iter_valid as a list, for training and evaluation on files that fit in memory."""
+    return list(iter_valid(path, bad, say))
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> int:
