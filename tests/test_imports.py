@@ -13,7 +13,8 @@ ALLOWED = {
     "lora": set(), "project": set(), "panns": set(),
     "meta_response": set(), "predictions": set(), "zoo_tiny": set(),  # O2's reader; generate.py's helpers
     "generate": {"meta_response", "predictions", "zoo_tiny"},
-    "encode": {"data.store", "data.records"},  # its packed feature cache
+    "preprocess": set(),
+    "encode": {"preprocess", "data.store", "data.records"},  # I' -> input tensors; its packed feature cache
     "agent": {"lora", "project"},
     "dataset": {"agent", "encode", "lora", "project", "data.records", "data.store"},
     "train": {"agent", "dataset", "encode", "lora", "project", "data.records", "data.store"},
