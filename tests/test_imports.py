@@ -15,7 +15,8 @@ ALLOWED = {
     "generate": {"meta_response", "predictions", "zoo_tiny"},
     "preprocess": set(),
     "encode": {"preprocess", "data.store", "data.records"},  # I' -> input tensors; its packed feature cache
-    "agent": {"lora", "project"},
+    "llm_files": set(),  # where the LLM's weights and tokenizer come from
+    "agent": {"llm_files", "lora", "project"},
     "dataset": {"agent", "encode", "lora", "project", "data.records", "data.store"},
     "train": {"agent", "dataset", "encode", "lora", "project", "data.records", "data.store"},
     "chat": {"agent", "encode", "generate", "lora", "project"},
