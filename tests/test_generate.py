@@ -1,6 +1,6 @@
-"""generate.py: the meta-response parser (every format, every reported problem, garbage), the three tiny
-pipelines end to end (files read back with the right shape), file names the LLM cannot steer, the zoo's
-cache, the CLIP tokenizer rebuilt offline, and the CLI."""
+"""generate.py and its helpers: the meta-response parser of meta_response.py (every format, every reported problem,
+garbage), the three tiny pipelines of zoo_tiny.py end to end (files read back with the right shape), file names the
+LLM cannot steer, the zoo's cache, the CLIP tokenizer rebuilt offline, and the CLI."""
 import dataclasses
 import json
 import random
