@@ -153,7 +153,7 @@ class Chat:
 def show(text: str, meta: generate.MetaResponse, streamed: str):
     """The reply text (its streamed part already printed), then '→ model: prompt' per invocation and a note per
     problem. An answer that is no meta-response is shown as written, with a one-line note saying so."""
-    broken = [p for p in meta.problems if "JSON meta-response" in p]  # generate._broken_json's wording
+    broken = [p for p in meta.problems if "JSON meta-response" in p]  # meta_response._broken_json's wording
     unparsed = broken or (not meta.invocations and not meta.problems and meta.response == text.strip())
     reply = text.strip() if unparsed else meta.response
     streamed = streamed.rstrip()

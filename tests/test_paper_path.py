@@ -23,6 +23,7 @@ import encode
 import evaluate
 import generate
 import train
+import zoo_tiny
 from data import official_checkpoint
 
 ATTEMPTS = []  # every network connection tried while the module runs
@@ -102,7 +103,7 @@ def paper(tmp_path_factory, offline):
     torch.manual_seed(0)
     torch.save(small_huge().state_dict(), root / "imagebind_huge.pth")
     for model in generate.MODELS:
-        pipe = generate._tiny_pipeline(model)
+        pipe = zoo_tiny.tiny_pipeline(model)
         if model == "text-to-image":  # as in the real folder: with its safety checker and feature extractor
             pipe = type(pipe)(**pipe.components | safety_checker(), requires_safety_checker=True)
         pipe.save_pretrained(root / model)
