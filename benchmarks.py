@@ -100,11 +100,8 @@ def read_items(name: str, annotations: str, media: str, pattern: str | None = No
 # ----------------------------------------------------------------------------- running the agent and M
 def load_agent(adapter: str, device: str):
     from agent import load_adapter
-    from lora import merge_lora
 
-    model = load_adapter(adapter, device).eval()
-    merge_lora(model.llm)  # inference only: fold B @ A into W once
-    return model
+    return load_adapter(adapter, device, inference=True)  # LoRA merged, bf16 where the device runs it natively
 
 
 def read_done(path: str) -> dict[str, str]:

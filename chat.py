@@ -218,7 +218,7 @@ def main(argv=None):
         if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
             raise ValueError(f"--out_dir {args.out_dir} is a file; pass a folder (created if missing)")
         torch.manual_seed(args.seed)
-        model = agent.load_adapter(args.adapter) if args.adapter else agent.ModaVerse.from_config(
+        model = agent.load_adapter(args.adapter, inference=True) if args.adapter else agent.ModaVerse.from_config(
             agent.PRESETS[args.preset])
         chat = Chat(model.to(args.device).eval(), args, zoo_cfg)
         for modality, path in args.media:

@@ -191,7 +191,6 @@ def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu
     the encoder the adapter was trained on (its config.json), from `encoder_checkpoint` if given."""
     import encode
     from agent import chat_request, load_adapter
-    from lora import merge_lora
 
     ckpt = adapter_config(adapter, encoder_checkpoint)["encoder_checkpoint"]  # cheap checks first
     wanted = collections.defaultdict(dict)  # modality -> {path: None}, in first-seen order
@@ -201,8 +200,7 @@ def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu
     missing = [p for paths in wanted.values() for p in paths if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} media file(s) of the records not found, e.g. {missing[0]}")
-    model = load_adapter(adapter, device).eval()
-    merge_lora(model.llm)  # inference only: fold B @ A into W once instead of two extra matmuls per layer and token
+    model = load_adapter(adapter, device, inference=True)  # LoRA merged, bf16 where the device runs it natively
     feats = {}
     for modality, paths in wanted.items():
         x = encode.encode_files(list(paths), modality, encoder=model.cfg.encoder, cache_dir=cache_dir, device=device,

@@ -68,7 +68,9 @@ HELD_OUT = {
     "colour+waveform": {("red", "sine"), ("yellow", "square"), ("green", "sawtooth"),
                         ("blue", "sine"), ("purple", "square"), ("brown", "sawtooth")},
     "model+colour": {("text-to-image", "green"), ("text-to-video", "pink")},
-    "pitch+waveform": {("medium", "sine"), ("low", "square"), ("high", "sawtooth")},  # an audio file's own pair
+    # a replay that changes what was heard (waveform, rhythm) into what the instruction says: (heard, said)
+    "heard+said": {("sine", "sawtooth"), ("square", "sine"), ("sawtooth", "square"),
+                   ("steady", "two beeps"), ("two beeps", "four beeps"), ("four beeps", "steady")},
 }
 
 # Instruction wordings. A request names its output model (paper Sec. 3.2, output-side alignment); {x} is what to
@@ -281,12 +283,6 @@ def pair_combo(visual: dict, audio: dict) -> list:
     return ["colour+waveform", visual["attributes"]["colour"], audio["attributes"]["waveform"]]
 
 
-def audio_combos(items: list[dict]) -> list[list]:
-    """Every audio item's own (pitch, waveform): a held-out pair is in no train record's media, but its words are
-    in train prompts (text_request, replay_sound), so a test prompt asks for a phrase the LLM has written."""
-    return [["pitch+waveform", it["attributes"]["pitch"], it["attributes"]["waveform"]]
-            for it in items if it["modality"] == "audio"]
-
 
 def f_describe_one(rng, pick):
     item = pick(choice(rng, ["image", "video", "audio"]))
@@ -399,7 +395,8 @@ def f_replay_sound(rng, pick, words=TRAIN_WORDS):
     at = item["attributes"] | said
     needs = [[0, key] for key in at if key not in said]  # the audio's other two attributes
     inv = {"model": model, "prompt": tone(at)}
-    return "output", choice(rng, words[model]).format(x=x), [item], RESPONSE[model], inv, [], needs
+    combo = ["heard+said", *[(item["attributes"][key], value) for key, value in said.items()][0]]
+    return "output", choice(rng, words[model]).format(x=x), [item], RESPONSE[model], inv, [combo], needs
 
 
 def f_text_request(rng, pick, words=TRAIN_WORDS):
@@ -410,7 +407,7 @@ def f_text_request(rng, pick, words=TRAIN_WORDS):
         note = f"{a(at['pitch'])} note on {a(INSTRUMENT[at['waveform']])}, {RHYTHMS[at['rhythm']]}"
         x = choice(rng, [tone(at), note])
         instruction, inv = choice(rng, words[model]).format(x=x), {"model": model, "prompt": tone(at)}
-        combo = None  # any pitch and waveform may be asked for in words (audio_combos)
+        combo = None  # any tone may be asked for in words
     else:
         colour, thing = choice(rng, list(COLOURS)), choice(rng, THINGS)
         instruction, inv, combo = ask_visual(rng, words, model, a(f"{colour} {thing}"), colour, thing)
@@ -462,7 +459,6 @@ def picker(media_rows: list[dict], split: str, rng: np.random.Generator):
 
 def record(rid: str, split: str, fam, made: tuple, **extra) -> dict:
     kind, instruction, items, response, inv, combos, needs = made
-    combos = combos + audio_combos(items)
     return {"id": rid, "kind": kind, "instruction": instruction,
             "media": [{"modality": r["modality"], "path": r["path"]} for r in items],
             "target": {"response": response, "invocations": [inv] if inv else []},
@@ -483,7 +479,7 @@ def make_records(media_rows: list[dict], cfg: ToyConfig, seed: int) -> dict[str,
             # Resample within the family (not across families), so the family mix follows the weights.
             for _ in range(1000):
                 made = fam(rng, pick)
-                if any(map(is_held_out, made[5] + audio_combos(made[2]))) == (split != "train"):
+                if any(map(is_held_out, made[5])) == (split != "train"):
                     break
             else:
                 raise ValueError(f"{fam.__name__} made no {split} record in 1000 tries: "
@@ -524,7 +520,7 @@ def make_multiturn(media_rows: list[dict], split: str, n: int, seed: int) -> lis
         first, fam = f_describe_one(rng, pick), FOLLOW_UPS[rng.integers(len(FOLLOW_UPS))]
         item = first[2][0]
         made = fam(rng, lambda modality, colour=None: item if modality == item["modality"] else pick(modality, colour))
-        if item not in made[2] or (split == "train" and any(map(is_held_out, made[5] + audio_combos(made[2])))):
+        if item not in made[2] or (split == "train" and any(map(is_held_out, made[5]))):
             continue  # the follow-up must be about the first turn's item
         items = [item] + [x for x in made[2] if x is not item]  # prompt order: the first turn's item, then the new
         needs = [[items.index(made[2][i]), key] for i, key in made[6]]
