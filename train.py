@@ -67,7 +67,7 @@ class TrainConfig:
     betas: tuple[float, ...] = flag((0.9, 0.95), "AdamW betas")
     grad_clip: float = flag(1.0, "clip the global gradient norm to this (0 = off)")
     amp_dtype: str = flag("auto", "autocast; auto: GPU bf16 (or fp16 + GradScaler), CPU fp32 (toy preset: bf16 scored "
-                                  "11% exact prompts against fp32's 45%, README 'Speed')",
+                                  "11%% exact prompts against fp32's 45%%, README 'Speed')",
                           ("auto", "float32", "bfloat16", "float16"))
     grad_checkpointing: bool = flag(False, "recompute the LLM's activations in backward: less memory, ~1/3 slower")
     gpus: int = flag(1, "local workers to spawn (GPUs; on a CPU-only machine, gloo processes)")
