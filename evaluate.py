@@ -27,10 +27,10 @@ import sys
 import time
 from itertools import zip_longest
 
-from data.records import DataError, json_lines, read_valid  # the data format (data/README.md)
+from data.records import MODELS, modality_path, read_valid  # the data format (data/README.md), the zoo's model names
 from metrics import INCEPTION, caption_metrics, generation_metrics  # the metric functions (FID, CLIPSIM, BLEU, ...)
+from predictions import all_predictions, write_predictions  # the --save_predictions file (generate, report read it)
 
-MODELS = ("text-to-image", "text-to-video", "text-to-audio")  # the fixed model-zoo names (SPEC)
 METRICS = ("json", "parse", "model", "prompt_exact", "prompt_f1", "exact")
 HEADERS = ("JSON", "parse", "model", "prompt=", "promptF1", "exact")
 
@@ -68,13 +68,6 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def combination(record: dict) -> str:
-    """'audio+image->image': input media modalities -> output modalities ('text' when there are none)."""
-    inputs = sorted({m["modality"] for m in record.get("media", [])})
-    outputs = sorted({i["model"].removeprefix("text-to-") for i in record["target"]["invocations"]})
-    return f"{'+'.join(inputs) or 'text'}->{'+'.join(outputs) or 'text'}"
-
-
 def score_record(record: dict, prediction: str) -> dict:
     """The six metrics for one prediction (None where a metric does not apply)."""
     from generate import parse_meta_response  # lazy: evaluate sits on top of the stages
@@ -105,7 +98,7 @@ def score_meta_responses(records: list[dict], predictions: dict[str, str], ceili
     for rec in records:
         s = score_record(rec, predictions.get(rec["id"], "")) | {"ceiling": ceilings.get(rec["id"])}
         intent = [f"intent={rec['intent']}"] if "intent" in rec else []  # the held-out wordings' cases
-        for name in ("all", f"kind={rec['kind']}", combination(rec), *intent):
+        for name in ("all", f"kind={rec['kind']}", modality_path(rec), *intent):
             groups[name].append(s)
     report = {"n": len(records), "missing": [r["id"] for r in records if r["id"] not in predictions], "groups": {}}
     for name in ["all", *sorted(g for g in groups if g.startswith("kind=")),
@@ -155,18 +148,6 @@ def read_records(path: str) -> list[dict]:
     """The valid records of a data split (data/records.py, the data tools' validator); bad lines are skipped
     and named by file:line."""
     return [rec for _, rec in read_valid(path, "skip", say=lambda text: print(text, file=sys.stderr))]
-
-
-def read_predictions(path: str) -> dict[str, str]:
-    """{id: prediction} of a file that --save_predictions wrote; a bad line raises DataError naming path:line."""
-    preds = {}
-    for n, row, error in json_lines(path):
-        if error or not (isinstance(row, dict) and isinstance(row.get("id"), str)
-                         and isinstance(row.get("prediction"), str)):
-            raise DataError(f"{path}:{n}: {error or 'not an object with a string id and prediction'}: every line "
-                            'must be {"id": "...", "prediction": "<meta-response text>"}')
-        preds[row["id"]] = row["prediction"]
-    return preds
 
 
 def adapter_config(adapter: str, encoder_checkpoint: str | None = None) -> dict:
@@ -220,7 +201,7 @@ def predict(records: list[dict], data_dir: str, adapter: str, device: str = "cpu
 def main(argv=None):
     try:
         run(argv)
-    except (DataError, OSError) as e:  # a user's file: one line that names it, no traceback
+    except (ValueError, OSError) as e:  # a user's file (DataError, a bad predictions line): one line, no traceback
         sys.exit(f"evaluate.py: {e}")
 
 
@@ -269,11 +250,9 @@ def run(argv=None):
             preds = predict(records, os.path.dirname(args.data), args.adapter, args.device, args.cache_dir,
                             args.max_new_tokens, args.batch_size, args.encoder_checkpoint)
             if args.save_predictions:
-                with open(args.save_predictions, "w", encoding="utf-8") as f:
-                    f.writelines(json.dumps({"id": k, "prediction": v}, ensure_ascii=False) + "\n"
-                                 for k, v in preds.items())
+                write_predictions(args.save_predictions, preds)
         else:
-            preds = read_predictions(args.predictions)
+            preds = all_predictions(args.predictions)
         ceilings = None
         if args.ceiling:
             from probe import record_ceilings  # lazy: needs the encoder (cached features)

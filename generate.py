@@ -220,6 +220,8 @@ def generate(meta: MetaResponse | str, out_dir: str, zoo: ModelZoo) -> list[dict
 def render_predictions(path: str, out: str, zoo: ModelZoo, limit: int) -> None:
     """Each record of a predictions file that invokes a model -> OUT/<folder of its id>/; bad lines are skipped."""
     rows, bad = read_predictions(path)
+    for n, why in bad:
+        print(f"{path}:{n}: skipped: {why}", file=sys.stderr)
     done, taken = 0, set()
     for rid, text in rows:
         meta = parse_meta_response(text)
@@ -228,7 +230,7 @@ def render_predictions(path: str, out: str, zoo: ModelZoo, limit: int) -> None:
             written, done = generate(meta, folder, zoo), done + 1
             print(f"{rid!r}: " + ", ".join(f"{folder / w['file']} ({w['prompt']!r})" for w in written))
     if bad:
-        sys.exit(f"error: {bad} bad lines in {path} skipped (listed above); the {len(rows)} good ones were read")
+        sys.exit(f"error: {len(bad)} bad lines in {path} skipped (listed above); the {len(rows)} good ones were read")
 
 
 def add_zoo_args(parser: argparse.ArgumentParser, zoo: str = "paper", exclude=()) -> None:

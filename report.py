@@ -20,8 +20,9 @@ from pathlib import Path
 from string import Template
 from urllib.parse import quote
 
-from data.records import DataError, json_lines, read_valid  # the data format (data/README.md)
-from generate import parse_meta_response, record_folder  # where generate.py --predictions put each record's files
+from data.records import DataError, json_lines, modality_path, read_valid  # the data format (data/README.md)
+from meta_response import parse_meta_response  # O2's reader (generate.py's)
+from predictions import all_predictions, record_folder  # the predictions file; where generate.py put its files
 
 METRICS = (("json", "JSON"), ("parse", "parse"), ("model", "model"), ("prompt_exact", "prompt="),
            ("ceiling", "ceiling"), ("prompt_f1", "promptF1"), ("exact", "exact"))  # evaluate.py's, in its order
@@ -147,13 +148,6 @@ def word_diff(target: str, predicted: str) -> tuple[str, str]:
     return tuple(" ".join(x).replace(" \n ", "\n") for x in (left, right))
 
 
-def path_of(record: dict) -> str:
-    """'audio+image->image': input modalities -> output modalities (the grouping of evaluate.combination)."""
-    inputs = sorted({m["modality"] for m in record.get("media", [])})
-    outputs = sorted({i["model"].removeprefix("text-to-") for i in record["target"]["invocations"]})
-    return f"{'+'.join(inputs) or 'text'}->{'+'.join(outputs) or 'text'}"
-
-
 def media_tag(path: str, page_dir: str, label: str = "") -> str:
     """<img>, <audio controls> or <video controls> by file suffix, linked relative to the page."""
     src = quote(os.path.relpath(path, page_dir).replace(os.sep, "/"))
@@ -187,8 +181,8 @@ def generated_files(outputs: list[str], predictions: dict[str, str]) -> dict[str
 def pick(records: list[dict], first: set[str], limit: int) -> list[dict]:
     """At most `limit` records: those in `first`, then one path after another in turn so every path shows."""
     chosen = [r for r in records if r["id"] in first][:limit]
-    queues = [[r for r in records if path_of(r) == path and r["id"] not in first]
-              for path in dict.fromkeys(map(path_of, records))]
+    queues = [[r for r in records if modality_path(r) == path and r["id"] not in first]
+              for path in dict.fromkeys(map(modality_path, records))]
     while len(chosen) < limit and any(queues):
         chosen += [q.pop(0) for q in queues if q][:limit - len(chosen)]
     order = {r["id"]: i for i, r in enumerate(records)}
@@ -210,8 +204,8 @@ def gallery(records: list[dict], data_dir: str, predictions: dict[str, str], gen
         media = "".join(media_tag(os.path.join(data_dir, m["path"]), page_dir, m["path"]) for m in rec.get("media", []))
         made = "".join(media_tag(f, page_dir, os.path.basename(f)) for f in generated.get(rec["id"], []))
         cards.append(
-            f'<div class="rec" data-wrong="{int(wrong)}" data-path="{esc(path_of(rec))}">'
-            f'<h3>{esc(rec["id"])} <span>{esc(path_of(rec))} · {esc(rec["kind"])} · '
+            f'<div class="rec" data-wrong="{int(wrong)}" data-path="{esc(modality_path(rec))}">'
+            f'<h3>{esc(rec["id"])} <span>{esc(modality_path(rec))} · {esc(rec["kind"])} · '
             f'{"wrong" if wrong else "exact"}</span></h3>'
             f'<div class="media">{media or "<span class=muted>no media</span>"}</div>'
             f'<p>{esc(rec["instruction"])}</p><div class="pair"><div>target<pre>{left}</pre></div>'
@@ -221,16 +215,6 @@ def gallery(records: list[dict], data_dir: str, predictions: dict[str, str], gen
 
 
 # ----------------------------------------------------------------------------- the page
-def read_predictions(path: str) -> dict[str, str]:
-    """{id: prediction} of evaluate.py --save_predictions's JSON Lines; a bad line raises DataError (path:line)."""
-    preds = {}
-    for n, row, error in json_lines(path):
-        if error or not (isinstance(row, dict) and isinstance(row.get("prediction"), str) and "id" in row):
-            raise DataError(f"{path}:{n}: {error or 'not an object with an id and a prediction'}")
-        preds[str(row["id"])] = row["prediction"]
-    return preds
-
-
 def write_page(run_dir: str, data: str | None = None, predictions: str | dict | None = None,
                reports: dict[str, dict] | None = None, outputs: list[str] = (), probe: str | None = None,
                limit: int = 120) -> str:
@@ -241,7 +225,7 @@ def write_page(run_dir: str, data: str | None = None, predictions: str | dict | 
     none = lambda what: f'<p class="muted">no {what}</p>'  # noqa: E731
     predictions = at("test_predictions.jsonl") if predictions is None else predictions
     preds = predictions if isinstance(predictions, dict) else \
-        read_predictions(predictions) if os.path.isfile(predictions) else {}
+        all_predictions(predictions) if os.path.isfile(predictions) else {}
     if reports is None:
         reports = {name: load(at(name)) for name in sorted(os.listdir(run_dir)) if name.endswith("_report.json")}
     records = [rec for _, rec in read_valid(data, "skip", say=lambda t: print(t, file=sys.stderr))] if data else []
@@ -260,7 +244,7 @@ def write_page(run_dir: str, data: str | None = None, predictions: str | dict | 
         title=esc(os.path.normpath(run_dir)), scores=score_tables(reports),
         curves='<img src="curves.png" alt="training curves">' if os.path.isfile(at("log.jsonl"))
         and plot_curves(at("log.jsonl"), at("curves.png")) else none("log.jsonl (train.py writes it)"),
-        paths="".join(f'<option value="{esc(p)}">{esc(p)}</option>' for p in sorted({path_of(r) for r in shown})),
+        paths="".join(f'<option value="{esc(p)}">{esc(p)}</option>' for p in sorted({modality_path(r) for r in shown})),
         gallery=(f"<p>{len(shown)} of {len(records)} records of <code>{esc(data)}</code>, "
                  f"{sum(r['id'] in generated for r in shown)} with the files generate.py rendered</p>" if data else "")
         + (gallery(shown, os.path.dirname(data), preds, generated, run_dir) if shown else none("records (--data)")),

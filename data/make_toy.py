@@ -11,20 +11,21 @@ a third, test_multiturn.jsonl, holds two-turn conversations like the few appende
 Run (same seed -> byte-identical files):
     python data/make_toy.py --out data/toy --seed 0                 # full: 3660 records + 140, 428 media files
     python data/make_toy.py --out /tmp/toy --seed 0 --preset small  # tests / CI: a few seconds
-The record format and the design are specified in data/README.md. This file imports no stage.
+The record format and the design are specified in data/README.md. The media files are written by
+data/toy_media.py, the wordings are in data/toy_words.py; this file imports no stage.
 """
 import argparse
-import json
-import re
 import shutil
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
-from PIL import Image, ImageDraw
+
+from records import write_jsonl
+from toy_media import COLOURS, MEDIA, RHYTHMS, SPLITS, WAVEFORMS, a, make_media  # the files, from attributes
+from toy_words import (FOOD, HELD_OUT_WORDS, INSTRUMENT, NOUNS, REFUSAL, RESPONSE, THINGS, TRAIN_WORDS,  # the words
+                       WAVEFORM_OF, ask_visual, choice, describe, describe_visual, held_out_pieces, tone)
 
 # ----------------------------------------------------------------------------- config
 
@@ -43,25 +44,8 @@ PRESETS = {
     "full": ToyConfig(images=(72, 24, 24), audios=(90, 45, 45), videos=(64, 32, 32), records=(3000, 300, 300),
                       multiturn=(60, 40)),
 }
-SPLITS = ("train", "val", "test")
 FILES = {"wordings": "test_wordings", "multiturn": "test_multiturn"}  # the other test files, by their records' key
 MODELS = ("text-to-image", "text-to-video", "text-to-audio")
-SIZE, SAMPLE_RATE, SECONDS, FPS = 224, 16000, 2.0, 10   # image/video side, audio rate, clip length, video fps
-
-# Attribute vocabularies. The words are the ones the targets use.
-COLOURS = {"red": (215, 40, 40), "orange": (245, 140, 25), "yellow": (235, 210, 35), "green": (45, 160, 65),
-           "blue": (40, 85, 220), "purple": (130, 55, 190), "pink": (245, 125, 195), "brown": (125, 80, 40)}
-SHAPES = ("circle", "square", "triangle")          # few and very distinct: a random encoder carries shape only partly
-DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-PITCHES = {"very low": 110.0, "low": 220.0, "medium": 440.0, "high": 880.0, "very high": 1760.0}  # Hz, octaves
-WAVEFORMS = ("sine", "square", "sawtooth")
-RHYTHMS = {"steady": "held steady", "two beeps": "in two beeps", "four beeps": "in four beeps"}
-# The toy's "world knowledge" (paper: "an image of the animal that makes this sound").
-FOOD = {"red": "strawberry", "orange": "carrot", "yellow": "banana", "green": "cucumber", "blue": "blueberry",
-        "purple": "plum", "pink": "dragon fruit", "brown": "potato"}
-INSTRUMENT = {"sine": "flute", "square": "clarinet", "sawtooth": "violin"}
-WAVEFORM_OF = {v: k for k, v in INSTRUMENT.items()}
-THINGS = ("kite", "balloon", "car", "boat", "bird", "ball", "hat", "fish")
 
 # Combinations that never occur in train; every val/test record contains at least one (data/README.md).
 HELD_OUT = {
@@ -72,211 +56,12 @@ HELD_OUT = {
     "heard+said": {("sine", "sawtooth"), ("square", "sine"), ("sawtooth", "square"),
                    ("steady", "two beeps"), ("two beeps", "four beeps"), ("four beeps", "steady")},
 }
-
-# Instruction wordings. A request names its output model (paper Sec. 3.2, output-side alignment); {x} is what to
-# make. "describe"/"colour" turn a generator down ({refuse} {refusing} {gen}: REFUSAL) and ask about the media
-# item ({noun}); "question" asks the toy's world knowledge without media (key: the slot that answers).
-# HELD_OUT_WORDS are phrasings that no training template uses (test_wordings.jsonl, data/README.md §4): they test
-# whether the LLM's language survives the LoRA, not its memory of templates.
-TRAIN_WORDS = {
-    "text-to-image": ("Draw {x}.", "Paint {x}.", "Sketch {x}.", "Make a picture of {x}.", "Can you draw {x}?",
-                      "Please paint {x}.", "I want a picture of {x}.", "Create an image of {x}.",
-                      "Show me a drawing of {x}."),
-    "text-to-video": ("Film {x}.", "Animate {x}.", "Make a clip of {x}.", "Shoot a video of {x}.",
-                      "Can you film {x}?", "Please animate {x}.", "I want a video of {x}.", "Create a clip of {x}.",
-                      "Show me a video of {x}."),
-    "text-to-audio": ("Compose {x}.", "Play {x}.", "Make a sound of {x}.", "Generate audio of {x}.",
-                      "Can you play {x}?", "Please compose {x}.", "I want to hear {x}.", "Create a sound of {x}.",
-                      "Give me audio of {x}."),
-    "describe": ("Don't {refuse}; just describe this {noun}.", "Describe this {noun} instead of {refusing}.",
-                 "Please don't {refuse}. What is in this {noun}?"),
-    "colour": ("Do not {refuse}; what colour is this {noun}?", "What colour is this {noun}? Don't {refuse}."),
-    "redirect": ("Don't {refuse}. ", "Do not {refuse}. "),  # put before a request of another model
-    "question": {"colour": ("What colour is {food}?", "Which colour does {food} have?"),
-                 "food": ("Name a food that is {colour}.", "Which food is {colour}?"),
-                 "instrument": ("Which instrument plays {tone}?", "What instrument makes {tone}?"),
-                 "tone": ("What tone does {instrument} make?", "Which tone comes from {instrument}?")},
-}
-HELD_OUT_WORDS = {
-    "text-to-image": ("Could you whip up an illustration of {x}?", "I'd love a portrait of {x}.",
-                      "How about a doodle of {x}?"),
-    "text-to-video": ("I'd love to see some footage of {x}.", "Could you put together a short movie of {x}?",
-                      "How about an animation of {x}?"),
-    "text-to-audio": ("Let me hear {x}.", "I'd like to listen to {x}.", "Could you produce a recording of {x}?"),
-    "describe": ("No {gen}, just tell me what it is.",
-                 "Hold off on making a {gen} and explain what this {noun} holds."),
-    "colour": ("Skip the {gen} and tell me what colour this is.", "Forget the {gen}; what shade is this {noun}?"),
-    "question": {"colour": ("What shade is {food} usually?",), "food": ("Suggest something to eat that is {colour}.",),
-                 "instrument": ("If I hear {tone}, which instrument is it?",),
-                 "tone": ("What sort of sound would {instrument} give?",)},
-}
-REFUSAL = {"text-to-image": {"refuse": "draw anything", "refusing": "drawing it", "gen": "picture"},
-           "text-to-video": {"refuse": "film anything", "refusing": "filming it", "gen": "video"},
-           "text-to-audio": {"refuse": "play anything", "refusing": "playing it", "gen": "sound"}}
-RESPONSE = {"text-to-image": "Here is the picture.", "text-to-video": "Here is the video.",
-            "text-to-audio": "Here is the sound."}
-NOUNS = {"image": ("image", "picture"), "video": ("video", "clip"), "audio": ("sound", "audio")}
 WORDING_TESTS = {"request-image": 20, "request-video": 20, "request-audio": 20, "negation": 24, "text-question": 16}
-
-# ----------------------------------------------------------------------------- helpers and media
-
-
-def a(phrase: str) -> str:
-    """'orange kite' -> 'an orange kite'."""
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def choice(rng: np.random.Generator, options):
-    """rng.choice for a sequence of str, returning a plain str (not np.str_)."""
-    options = list(options)
-    return options[rng.integers(len(options))]
-
-
-def attribute_grid(values: dict[str, tuple], j: int) -> dict[str, str]:
-    """Attributes of the j-th item: a bijection of j mod the product, first attribute varying fastest.
-
-    Each digit is shifted by the digits before it, so a short run of items already varies every attribute
-    (a plain odometer would keep the slow attributes fixed in the small preset)."""
-    out, shift, rest = {}, 0, j
-    for name, vals in values.items():
-        digit = rest % len(vals)
-        rest //= len(vals)
-        out[name] = vals[(digit + shift) % len(vals)]
-        shift += digit
-    return out
-
-
-def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    """Corners of a square or triangle of circumradius r, rotated by angle (radians)."""
-    n = {"square": 4, "triangle": 3}[shape]
-    start = -np.pi / 2 + (np.pi / 4 if n == 4 else 0.0)
-    return [(cx + r * np.cos(start + angle + 2 * np.pi * k / n), cy + r * np.sin(start + angle + 2 * np.pi * k / n))
-            for k in range(n)]
-
-
-def draw_frame(colour: tuple, shape: str, cx: float, cy: float, r: float, angle: float, bg: int) -> np.ndarray:
-    """(SIZE, SIZE, 3) uint8 frame; drawn at 2x and downsampled so edges are anti-aliased."""
-    img = Image.new("RGB", (2 * SIZE, 2 * SIZE), (bg, bg, bg))
-    d = ImageDraw.Draw(img)
-    if shape == "circle":
-        d.ellipse([2 * (cx - r), 2 * (cy - r), 2 * (cx + r), 2 * (cy + r)], fill=colour)
-    else:
-        d.polygon([(2 * x, 2 * y) for x, y in shape_polygon(shape, cx, cy, r, angle)], fill=colour)
-    return np.asarray(img.reduce(2))  # 2x2 box filter: cheap anti-aliasing
-
-
-def jitter_colour(rng: np.random.Generator, name: str) -> tuple[int, int, int]:
-    return tuple(int(c) for c in np.clip(np.array(COLOURS[name]) + rng.integers(-12, 13, 3), 0, 255))
-
-
-def make_image(path: Path, attrs: dict, rng: np.random.Generator) -> None:
-    """A large, roughly centred shape (FACTS.md: shape survives a random encoder best that way)."""
-    cx, cy = SIZE / 2 + rng.uniform(-12, 12, 2)
-    r = rng.uniform(62, 80)
-    frame = draw_frame(jitter_colour(rng, attrs["colour"]), attrs["shape"], cx, cy, r,
-                       rng.uniform(-0.25, 0.25), int(rng.integers(235, 256)))
-    Image.fromarray(frame).save(path)
-
-
-def make_audio(path: Path, attrs: dict, rng: np.random.Generator) -> None:
-    """A tone: pitch (octaves), waveform (band-limited harmonics), rhythm (steady / 2 / 4 beeps)."""
-    t = np.arange(int(SAMPLE_RATE * SECONDS)) / SAMPLE_RATE
-    f0 = PITCHES[attrs["pitch"]] * rng.uniform(0.985, 1.015)
-    harmonics = {"sine": [1], "square": range(1, 40, 2), "sawtooth": range(1, 40)}[attrs["waveform"]]
-    x = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k
-            for k in harmonics if k * f0 < SAMPLE_RATE / 2)
-    x /= np.abs(x).max()
-    beeps = {"steady": 1, "two beeps": 2, "four beeps": 4}[attrs["rhythm"]]
-    period = SECONDS / beeps
-    on = 0.96 * SECONDS if beeps == 1 else 0.55 * period
-    start = (t + rng.uniform(0, 0.02)) % period
-    ramp = 0.01  # 10 ms fades avoid clicks
-    env = np.clip(np.minimum(start, on - start) / ramp, 0, 1) * (start < on)
-    x = x * env * rng.uniform(0.35, 0.6) + rng.normal(0, 0.003, t.shape)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)  # 16-bit PCM
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-
-
-def make_video(path: Path, attrs: dict, rng: np.random.Generator) -> None:
-    """A shape crossing the frame in one direction, SECONDS long at FPS, H.264 in MP4."""
-    dx, dy = DIRECTIONS[attrs["direction"]]
-    colour, bg = jitter_colour(rng, attrs["colour"]), int(rng.integers(235, 256))
-    r, angle, travel = rng.uniform(38, 46), rng.uniform(-0.25, 0.25), rng.uniform(95, 115)
-    c0 = SIZE / 2 - travel / 2 * np.array([dx, dy]) + rng.uniform(-8, 8, 2)
-    n = int(FPS * SECONDS)
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("h264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
-        # Byte-identical output across runs needs one thread and no macroblock-tree rate control: with mbtree,
-        # this x264 build gave a different stream for ~1 in 30 clips (same frames, same process).
-        stream.codec_context.thread_count = 1
-        stream.options = {"crf": "23", "x264-params": "mbtree=0"}
-        for i in range(n):
-            cx, cy = c0 + travel * i / (n - 1) * np.array([dx, dy])
-            frame = av.VideoFrame.from_ndarray(draw_frame(colour, attrs["shape"], cx, cy, r, angle, bg), "rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
-MEDIA = {  # modality -> (folder, extension, attributes, writer, caption)
-    "image": ("images", "png", {"colour": tuple(COLOURS), "shape": SHAPES}, make_image,
-              lambda m: a(f"{m['colour']} {m['shape']}")),
-    "audio": ("audio", "wav", {"pitch": tuple(PITCHES), "waveform": WAVEFORMS, "rhythm": tuple(RHYTHMS)},
-              make_audio, lambda m: a(f"{m['pitch']} {m['waveform']} tone {RHYTHMS[m['rhythm']]}")),
-    "video": ("videos", "mp4", {"colour": tuple(COLOURS), "shape": SHAPES, "direction": tuple(DIRECTIONS)},
-              make_video, lambda m: a(f"{m['colour']} {m['shape']} moving {m['direction']}")),
-}
-
-
-def make_media(out: Path, cfg: ToyConfig, seed: int) -> list[dict]:
-    """Write every media file; returns the media.jsonl rows. Each item has its own RNG stream."""
-    rows = []
-    for m, (folder, ext, values, writer, caption) in MEDIA.items():
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        counts = {"image": cfg.images, "audio": cfg.audios, "video": cfg.videos}[m]
-        splits = [s for s, n in zip(SPLITS, counts) for _ in range(n)]
-        for j, split in enumerate(splits):
-            attrs = attribute_grid(values, j)
-            path = f"{folder}/{m[0]}{j:04d}.{ext}"
-            writer(out / path, attrs, np.random.default_rng([seed, list(MEDIA).index(m), j]))
-            rows.append({"path": path, "modality": m, "split": split, "caption": caption(attrs), "attributes": attrs})
-    return rows
 
 # ----------------------------------------------------------------------------- instruction records
 # A family returns (kind, instruction, media items, response, invocation or None, combos, needs) for media drawn
 # from one split's pool. `combos` lists the attribute pairings of the record that HELD_OUT is checked against;
 # `needs` the [media index, attribute] pairs that the invocation's prompt is built from (data/README.md §1).
-
-
-def describe_visual(item: dict) -> str:
-    """Video shape and direction are not said: a random encoder hardly carries them (data/README.md)."""
-    at = item["attributes"]
-    if item["modality"] == "image":
-        return f"the image shows {a(at['colour'] + ' ' + at['shape'])}"
-    return f"the video shows {a(at['colour'])} shape moving"
-
-
-def tone(at: dict) -> str:
-    return a(f"{at['pitch']} {at['waveform']} tone {RHYTHMS[at['rhythm']]}")
-
-
-def describe(item: dict) -> str:
-    text = f"the audio is {tone(item['attributes'])}" if item["modality"] == "audio" else describe_visual(item)
-    return text[0].upper() + text[1:] + "."
-
-
-def ask_visual(rng, words: dict, model: str, x: str, colour: str, thing: str) -> tuple[str, dict, list]:
-    """A request of text-to-image / text-to-video for x (a video moves: the direction is said), its invocation
-    with a generator-style prompt, and the model+colour combo it makes."""
-    direction, what = choice(rng, list(DIRECTIONS)), a(f"{colour} {thing}")
-    if model == "text-to-video":
-        x, prompt = f"{x}, moving {direction}", f"a video of {what} moving {direction}"
-    else:
-        prompt = f"a picture of {what}"
-    return choice(rng, words[model]).format(x=x), {"model": model, "prompt": prompt}, ["model+colour", model, colour]
 
 
 def pair_combo(visual: dict, audio: dict) -> list:
@@ -532,14 +317,6 @@ def make_multiturn(media_rows: list[dict], split: str, n: int, seed: int) -> lis
     return out
 
 
-def held_out_pieces() -> set[str]:
-    """The literal pieces (2+ words, lower case) of every HELD_OUT_WORDS phrasing; no train/val instruction
-    may contain one."""
-    texts = [t for v in HELD_OUT_WORDS.values() for t in (sum(v.values(), ()) if isinstance(v, dict) else v)]
-    pieces = (p.strip(" ,.;?!").lower() for t in texts for p in re.split(r"\{\w+\}", t))
-    return {p for p in pieces if len(p.split()) >= 2}
-
-
 def require(ok: bool, message: str) -> None:
     """An assert that `python -O` cannot strip."""
     if not ok:
@@ -573,10 +350,6 @@ def check(records: dict[str, list[dict]], media_rows: list[dict]) -> None:
             require(len(have) == len(MEDIA[m][2][key]), f"{split} {m} files lack some {key}: only {sorted(have)}")
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def build(out_dir: str, seed: int = 0, preset: str = "full") -> dict[str, int]:
     """Write media files, media.jsonl, {train,val,test}.jsonl, test_wordings.jsonl and test_multiturn.jsonl under
     out_dir; returns counts."""
@@ -585,14 +358,14 @@ def build(out_dir: str, seed: int = 0, preset: str = "full") -> dict[str, int]:
         for folder, *_ in MEDIA.values():
             shutil.rmtree(out / folder, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    media_rows = make_media(out, cfg, seed)
+    media_rows = make_media(out, {"image": cfg.images, "audio": cfg.audios, "video": cfg.videos}, seed)
     records = make_records(media_rows, cfg, seed) | {"wordings": make_wordings(media_rows, seed)}
     records["train"] += make_multiturn(media_rows, "train", cfg.multiturn[0], seed)  # after the others: they stay
     records["multiturn"] = make_multiturn(media_rows, "test", cfg.multiturn[1], seed)
     check(records, media_rows)
-    write_jsonl(out / "media.jsonl", media_rows)
+    write_jsonl(str(out / "media.jsonl"), media_rows)
     for split, recs in records.items():
-        write_jsonl(out / f"{FILES.get(split, split)}.jsonl", recs)
+        write_jsonl(str(out / f"{FILES.get(split, split)}.jsonl"), recs)
     counts = {f"media_{m}": sum(r["modality"] == m for r in media_rows) for m in MEDIA}
     counts.update({f"{split}_{kind}": sum(r["kind"] == kind for r in recs)
                    for split, recs in records.items() for kind in ("input", "output", "reasoning")})

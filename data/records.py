@@ -98,6 +98,15 @@ def missing_media(rec: dict, base_dir: str) -> list[str]:
     return [p for p in paths if not os.path.isfile(p)]
 
 
+def modality_path(rec: dict) -> str:
+    """'audio+image->image': the record's input media modalities -> its output modalities ('text' when there are
+    none). evaluate.py groups its scores by it, report.py's gallery filters by it (data/summary.py counts a finer
+    form, with repeated modalities: 'image+image -> text')."""
+    inputs = sorted({m["modality"] for m in rec.get("media", [])})
+    outputs = sorted({i["model"].removeprefix("text-to-") for i in rec["target"]["invocations"]})
+    return f"{'+'.join(inputs) or 'text'}->{'+'.join(outputs) or 'text'}"
+
+
 def meta_response(target: dict) -> str:
     """The meta-response text, for length statistics only. It matches the spec's serialisation
     (json.dumps, ensure_ascii=False); training must use agent.format_meta_response."""

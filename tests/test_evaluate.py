@@ -8,6 +8,7 @@ import pytest
 
 import evaluate
 from evaluate import caption_sets, score_meta_responses, strict_meta, token_f1
+from predictions import all_predictions, read_predictions, write_predictions
 
 
 def rec(rid, kind, modalities, response, invocations):
@@ -116,8 +117,21 @@ def test_invalid_records_are_skipped_and_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"skipped 2 of {len(RECORDS) + 2} records" in err and f"test.jsonl:{len(RECORDS) + 2}: 'target'" in err
     preds.write_text('{"id": "r1", "prediction": "ok"}\n\n{"id": "r2", "prediction": null}\n')
-    with pytest.raises(SystemExit, match=r"preds.jsonl:3: not an object with a string id and prediction"):
+    with pytest.raises(SystemExit, match=r'preds.jsonl:3: "prediction" is not a string: every line must be'):
         evaluate.main([str(data), "--predictions", str(preds)])
+
+
+def test_one_predictions_reader_for_evaluate_generate_and_report(tmp_path):
+    """evaluate.py writes the file; evaluate.py and report.py (every line must be good) and generate.py (bad lines
+    skipped and named) read it with the one reader of predictions.py: a BOM and CRLF are fine, an integer id is a
+    string, a U+2028 inside a prediction is text, not a line break."""
+    path = tmp_path / "p.jsonl"
+    write_predictions(str(path), {"a": "x\u2028y", "b": "z"})
+    assert all_predictions(str(path)) == {"a": "x\u2028y", "b": "z"}
+    path.write_bytes(b'\xef\xbb\xbf{"id": 7, "prediction": "p"}\r\n\n{"id": "n", "prediction": null}\n')
+    assert read_predictions(str(path)) == ([("7", "p")], [(3, '"prediction" is not a string')])
+    with pytest.raises(ValueError, match=r'p.jsonl:3: "prediction" is not a string: every line must be'):
+        all_predictions(str(path))
 
 
 def test_predict_feeds_each_records_media_in_order(tmp_path):

@@ -157,7 +157,7 @@ def test_evaluate_and_generate_on_hostile_predictions(root, tmp_path, capsys):
     text = "\n".join(json.dumps(r) for r in rows).replace("\\\\ud800", "\\ud800")
     preds.write_text(text + '\n\n{"id": "x", "prediction": null}\n{"prediction": "no id"}\n'
                      + json.dumps({"id": "sep", "prediction": "line\u2028separator\u0085inside"}, ensure_ascii=False) + "\n")
-    with pytest.raises(SystemExit, match=r"preds.jsonl:6: not an object"):
+    with pytest.raises(SystemExit, match=r'preds.jsonl:6: "prediction" is not a string \(and 1 more bad lines\)'):
         evaluate.main([str(data), "--predictions", str(preds), "--no-captions"])
     out, before = tmp_path / "gen", files_under(tmp_path)
     with pytest.raises(SystemExit, match=r"2 bad lines"):

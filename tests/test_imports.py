@@ -11,7 +11,8 @@ STAGES = {p.stem for p in ROOT.glob("*.py")}
 # nothing imports train, evaluate or bench (bench and bench_scale may time train).
 ALLOWED = {
     "lora": set(), "project": set(), "panns": set(),
-    "meta_response": set(), "predictions": set(), "zoo_tiny": set(),  # O2's reader; generate.py's helpers
+    "meta_response": set(), "predictions": set(), "zoo_tiny": set(),  # O2's reader; generate.py's helpers (the
+    # predictions file's reader is evaluate.py's and report.py's too)
     "generate": {"meta_response", "predictions", "zoo_tiny"},
     "preprocess": set(),
     "encode": {"preprocess", "data.store", "data.records"},  # I' -> input tensors; its packed feature cache
@@ -22,8 +23,9 @@ ALLOWED = {
     "chat": {"agent", "encode", "generate", "lora", "project"},
     "probe": {"encode"},
     "metrics": {"panns"},
-    "report": {"generate", "data.records"},
-    "evaluate": {"agent", "encode", "generate", "lora", "project", "metrics", "probe", "report", "data.records"},
+    "report": {"meta_response", "predictions", "data.records"},
+    "evaluate": {"agent", "encode", "generate", "lora", "project", "metrics", "predictions", "probe", "report",
+                 "data.records"},
     "benchmarks": {"agent", "encode", "generate", "lora", "project", "metrics", "data.convert", "data.records"},
     "bench": {"agent", "lora", "project", "train"},
     "bench_scale": {"agent", "dataset", "encode", "train", "data.store"},

@@ -5,9 +5,9 @@ Run: python -m pytest -q tests/test_make_toy.py   (CPU, ~15 s: builds the small 
 """
 import ast
 import hashlib
-import importlib.util
 import json
 import re
+import sys
 import wave
 from pathlib import Path
 
@@ -17,9 +17,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "data" / "make_toy.py"
-_spec = importlib.util.spec_from_file_location("make_toy", SCRIPT)
-make_toy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_toy)
+sys.path.insert(0, str(ROOT / "data"))  # the data/ tools import their siblings (records, toy_media, toy_words)
+import make_toy  # noqa: E402
+import toy_media  # noqa: E402  (the attribute vocabularies: COLOURS, PITCHES, ...)
+import toy_words  # noqa: E402  (the wordings: TRAIN_WORDS, HELD_OUT_WORDS, FOOD, INSTRUMENT, ...)
 
 SPLITS = ("train", "val", "test")
 MODELS = {"text-to-image", "text-to-video", "text-to-audio"}  # spelled as in SPEC / generate.py
@@ -42,7 +43,7 @@ def load_wordings(folder: Path) -> list[dict]:
 
 def requested_models(instruction: str) -> set[str]:
     """The output models whose request phrasings (training or held-out) the instruction uses."""
-    frames = {m: make_toy.TRAIN_WORDS[m] + make_toy.HELD_OUT_WORDS[m] for m in MODELS}
+    frames = {m: toy_words.TRAIN_WORDS[m] + toy_words.HELD_OUT_WORDS[m] for m in MODELS}
     return {m for m, fs in frames.items()
             if any(re.search(re.escape(f).replace(re.escape("{x}"), ".+"), instruction) for f in fs)}
 
@@ -70,8 +71,8 @@ def test_same_seed_same_bytes_other_seed_differs(toy, tmp_path):
 
 def replay_changes(heard: dict, prompt: str) -> list[tuple]:
     """("heard+said", heard, said) for the waveform and rhythm of a text-to-audio prompt that differ from the audio's."""
-    waveform = next(w for w in make_toy.WAVEFORMS if f" {w} tone" in prompt)
-    rhythm = next(r for r, words in make_toy.RHYTHMS.items() if prompt.endswith(words))
+    waveform = next(w for w in toy_media.WAVEFORMS if f" {w} tone" in prompt)
+    rhythm = next(r for r, words in toy_media.RHYTHMS.items() if prompt.endswith(words))
     return [("heard+said", heard[key], value) for key, value in (("waveform", waveform), ("rhythm", rhythm))
             if heard[key] != value]
 
@@ -85,7 +86,7 @@ def held_out_combos(record: dict, media: dict) -> list[tuple]:
             found.append(("colour+waveform", v["colour"], au["waveform"]))
     for inv in record["target"]["invocations"]:
         if inv["model"] != "text-to-audio":
-            found += [("model+colour", inv["model"], c) for c in make_toy.COLOURS if c in inv["prompt"].split()]
+            found += [("model+colour", inv["model"], c) for c in toy_media.COLOURS if c in inv["prompt"].split()]
         elif len(attrs) == 1:  # a replay: what differs from the heard audio was said
             found += replay_changes(attrs[0], inv["prompt"])
     return [c for c in found if c[1:] in make_toy.HELD_OUT[c[0]]]
@@ -169,9 +170,9 @@ def test_needs_name_what_the_prompt_is_built_from(toy):
     """Each needed attribute's value word is in the prompt and not in the instruction (so changing it changes the
     prompt); every attribute word of the prompt is a needed one or said in the instruction."""
     records, media = load(toy)
-    spoken = {"waveform": make_toy.INSTRUMENT, "rhythm": make_toy.RHYTHMS}  # how a prompt says the value
-    vocabulary = [*make_toy.COLOURS, *make_toy.DIRECTIONS, *make_toy.PITCHES, *make_toy.WAVEFORMS,
-                  *make_toy.RHYTHMS.values(), *make_toy.INSTRUMENT.values()]
+    spoken = {"waveform": toy_words.INSTRUMENT, "rhythm": toy_media.RHYTHMS}  # how a prompt says the value
+    vocabulary = [*toy_media.COLOURS, *toy_media.DIRECTIONS, *toy_media.PITCHES, *toy_media.WAVEFORMS,
+                  *toy_media.RHYTHMS.values(), *toy_words.INSTRUMENT.values()]
     for r in (r for recs in [*records.values(), load_wordings(toy)] for r in recs):
         if not r["target"]["invocations"]:
             assert r["needs"] == [], r["id"]
@@ -185,7 +186,7 @@ def test_needs_name_what_the_prompt_is_built_from(toy):
             assert has_word(value, inv["prompt"]) and not has_word(value, instruction), (r["id"], key, value)
             needed.append(value)
         for word in (w for w in vocabulary if has_word(w, inv["prompt"])):
-            from_words = has_word(word, instruction) or has_word(make_toy.INSTRUMENT.get(word, word), instruction)
+            from_words = has_word(word, instruction) or has_word(toy_words.INSTRUMENT.get(word, word), instruction)
             assert from_words or any(has_word(word, v) for v in needed), (r["id"], word)
     by_family = {r["family"]: r["needs"] for r in records["train"] if r["target"]["invocations"]}
     assert by_family["paint_thing"] == [[0, "colour"]] and by_family["paint_instrument"] == [[0, "waveform"]]
@@ -200,7 +201,7 @@ def test_training_wordings_teach_intent(toy):
     train = records["train"]
     for model in MODELS:
         asked = [r for r in train if [i["model"] for i in r["target"]["invocations"]] == [model]]
-        frames = {f for f in make_toy.TRAIN_WORDS[model] for r in asked
+        frames = {f for f in toy_words.TRAIN_WORDS[model] for r in asked
                   if re.search(re.escape(f).replace(re.escape("{x}"), ".+"), r["instruction"])}
         assert len(frames) >= 7, (model, frames)
         assert any(not r["media"] for r in asked), model  # text-only requests
@@ -210,12 +211,12 @@ def test_training_wordings_teach_intent(toy):
     redirects = [r for r in train if r["instruction"].startswith(("Don't", "Do not")) and r["target"]["invocations"]]
     assert redirects  # "Don't film anything. Draw a red kite." -> text-to-image
     questions = [r for r in train if r["family"] == "question"]
-    answers = {f"{c.capitalize()}." for c in make_toy.COLOURS} | {
-        f"{make_toy.a(x).capitalize()}." for x in [*make_toy.FOOD.values(), *make_toy.INSTRUMENT.values()]} | {
-        f"{make_toy.a(w).capitalize()} tone." for w in make_toy.WAVEFORMS}
+    answers = {f"{c.capitalize()}." for c in toy_media.COLOURS} | {
+        f"{toy_media.a(x).capitalize()}." for x in [*toy_words.FOOD.values(), *toy_words.INSTRUMENT.values()]} | {
+        f"{toy_media.a(w).capitalize()} tone." for w in toy_media.WAVEFORMS}
     assert questions and all(not r["media"] and not r["target"]["invocations"] for r in questions)
     assert {r["target"]["response"] for r in questions} <= answers
-    facts = [*make_toy.FOOD.items(), *((f"{w} tone", i) for w, i in make_toy.INSTRUMENT.items())]
+    facts = [*toy_words.FOOD.items(), *((f"{w} tone", i) for w, i in toy_words.INSTRUMENT.items())]
     for r in questions:  # "What colour is a banana?" -> "Yellow."; "Which instrument plays a sine tone?" -> "A flute."
         asked, answer = r["instruction"].lower(), r["target"]["response"].lower()
         assert any(has_word(x, asked) and has_word(y, answer) or has_word(y, asked) and has_word(x, answer)
@@ -244,8 +245,8 @@ def test_held_out_wordings(toy):
     # held out by construction: the two phrase tables share nothing, no train/val instruction holds a piece of a
     # held-out phrasing, and every wording-test instruction holds one
     flat = lambda words: {t for v in words.values() for t in (sum(v.values(), ()) if isinstance(v, dict) else v)}
-    assert not flat(make_toy.TRAIN_WORDS) & flat(make_toy.HELD_OUT_WORDS)
-    pieces = make_toy.held_out_pieces()
+    assert not flat(toy_words.TRAIN_WORDS) & flat(toy_words.HELD_OUT_WORDS)
+    pieces = toy_words.held_out_pieces()
     assert {"let me hear", "could you whip up an illustration of", "skip the", "i'd love to see some footage of",
             "just tell me what it is"} <= pieces
     for r in records["train"] + records["val"]:
@@ -272,12 +273,12 @@ def test_multi_turn_records_appended_apart_and_grounded(toy):
         for r in recs:
             assert r["family"].startswith("followup_") and r["split"] == split and len(r["turns"]) == 1, r["id"]
             first, item = r["turns"][0], media[r["media"][0]["path"]]
-            assert first["n_media"] == 1 and first["target"]["response"] == make_toy.describe(item), r["id"]
+            assert first["n_media"] == 1 and first["target"]["response"] == toy_words.describe(item), r["id"]
             assert all(media[m["path"]]["split"] == split for m in r["media"]), r["id"]
             if split == "train":
                 assert not [c for c in r["combos"] if make_toy.is_held_out(c)], r["id"]
             for i, key in r["needs"]:  # the prompt holds the needed attribute of the right item
                 value = media[r["media"][i]["path"]]["attributes"][key]
                 prompt = r["target"]["invocations"][0]["prompt"]
-                assert value in prompt or make_toy.INSTRUMENT.get(value, "-") in prompt, r["id"]
+                assert value in prompt or toy_words.INSTRUMENT.get(value, "-") in prompt, r["id"]
     assert any(len(r["media"]) == 2 for r in records["train"][n:] + tests)  # a second item in the last turn
