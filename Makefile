@@ -27,8 +27,8 @@ browser:
 
 # The offline default, end to end (untrained random ImageBind, SmolLM2-135M, tiny random generators):
 # toy data -> ImageBind features (+ probe) -> train P + LoRA -> answer the held-out test split and the held-out
-# wordings -> render a few answers. Each step's wall time goes to out/toy/timings.tsv; the last step prints the
-# table and writes it into out/toy/test_report.json.
+# wordings -> render a few answers (METEOR, ~12 s of Java, is left to `evaluate.py --meteor`). Each step's wall
+# time goes to out/toy/timings.tsv; the last step prints the table and writes it into out/toy/test_report.json.
 TOY    := data/toy
 RUN    := out/toy
 TRAIN_FLAGS ?=  # e.g. make demo TRAIN_FLAGS="--max_steps 240 --batch_size 8 --micro_batch 8 --lr 1e-3" (longer)
@@ -42,7 +42,7 @@ demo: setup
 	$(call timed,encode,$(PY) encode.py $(TOY)/train.jsonl $(TOY)/val.jsonl $(TOY)/test.jsonl $(TOY)/test_wordings.jsonl --encoder toy)
 	$(call timed,probe,$(PY) probe.py $(TOY)/media.jsonl --encoder toy --out $(RUN)/probe.json)
 	$(call timed,train,$(PY) train.py --preset toy --out_dir $(RUN) $(TRAIN_FLAGS))
-	$(call timed,evaluate,$(PY) evaluate.py $(TOY)/test.jsonl --adapter $(RUN) --ceiling $(TOY)/media.jsonl \
+	$(call timed,evaluate,$(PY) evaluate.py $(TOY)/test.jsonl --adapter $(RUN) --ceiling $(TOY)/media.jsonl --no-meteor \
 		--save_predictions $(RUN)/test_predictions.jsonl --out $(RUN)/test_report.json)
 	$(call timed,wordings,$(PY) evaluate.py $(TOY)/test_wordings.jsonl --adapter $(RUN) --no-captions \
 		--save_predictions $(RUN)/wordings_predictions.jsonl --out $(RUN)/wordings_report.json)

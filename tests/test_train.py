@@ -108,6 +108,18 @@ def test_sampler_each_record_once_per_epoch():
     assert batches == train.epoch_batches(13, 4, 0, 0) != train.epoch_batches(13, 4, 0, 1)
 
 
+def test_group_by_length_pads_less_and_still_uses_each_record_once():
+    sizes = np.random.default_rng(0).integers(50, 500, 1000)  # record sizes in bytes
+    grouped, plain = train.epoch_batches(1000, 4, 0, 0, sizes), train.epoch_batches(1000, 4, 0, 0)
+    assert sorted(sum(grouped, [])) == list(range(1000)) and grouped == train.epoch_batches(1000, 4, 0, 0, sizes)
+
+    def padded(batches):  # what a batch costs: its longest record, times its size
+        return sum(max(sizes[i] for i in b) * len(b) for b in batches) / sizes.sum()
+    assert padded(plain) > 1.4 and padded(grouped) < 1.05
+    firsts = [sizes[b[0]] for b in grouped[:50]]  # and the step order does not follow length
+    assert not (firsts == sorted(firsts) or firsts == sorted(firsts, reverse=True))
+
+
 def test_tiny_run_loss_falls_and_checkpoint_holds_only_p_and_lora(data, tmp_path, capsys):
     train.main(args(data, tmp_path, "--max_steps", 20, "--lr", 1e-2, "--val_respond", 1))
     entries = log(tmp_path)
