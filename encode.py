@@ -40,11 +40,7 @@ import torch
 from tqdm import tqdm
 
 from data.store import StoreBusy, locate as store_locate, read_located  # the packed cache; imports no stage
-from preprocess import MODALITIES, PREPROCESS_VERSION, preprocess  # I' -> ImageBind's input tensors
-
-with warnings.catch_warnings():  # imagebind imports the deprecated pkg_resources and torch.jit.script_method
-    warnings.simplefilter("ignore", (UserWarning, FutureWarning))
-    from imagebind.models import imagebind_model  # noqa: E402
+from preprocess import MODALITIES, PREPROCESS_VERSION, _load_package, preprocess  # I' -> ImageBind's input tensors
 
 IB_KEY = {"image": "vision", "video": "vision", "audio": "audio"}  # ImageBind's names
 
@@ -90,6 +86,10 @@ def _check_checkpoint(checkpoint: str | None):
 def load_encoder(encoder: str = "tiny", checkpoint: str | None = None, device: str = "cpu"):
     cfg = ENCODERS[encoder]
     _check_checkpoint(checkpoint)  # before building (huge: ~1.2B weights) or downloading
+    _load_package()  # the package, with this stack's fixes; only here: a run whose features are cached never needs it
+    with warnings.catch_warnings():  # imagebind imports the deprecated pkg_resources and torch.jit.script_method
+        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+        from imagebind.models import imagebind_model
     if cfg.width == 0:  # with a local checkpoint the package downloads nothing (pretrained=False)
         try:
             model = imagebind_model.imagebind_huge(pretrained=checkpoint is None)

@@ -7,6 +7,7 @@ the encoder (encode.py) keeps these inputs. Tests check it against the package's
 """
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import sys
@@ -16,18 +17,36 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-import torchvision
-
-# pytorchvideo 0.1.5 (used by imagebind.data) imports a module torchvision removed in 0.17.
-sys.modules.setdefault("torchvision.transforms.functional_tensor", torchvision.transforms.functional)
-with warnings.catch_warnings():  # imagebind imports the deprecated pkg_resources and torch.jit.script_method
-    warnings.simplefilter("ignore", (UserWarning, FutureWarning))
-    import imagebind.data as ib_data  # noqa: E402
-from pytorchvideo.data.encoded_video import EncodedVideo  # noqa: E402
 
 MODALITIES = ("image", "video", "audio")
 PREPROCESS_VERSION = "2"  # bump when preprocessing changes, so old cache entries are not reused
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # imagebind.data's
+
+
+@functools.cache
+def _load_package():
+    """Import imagebind.data, pytorchvideo and torchvision on first use (~3.5 s): a process whose features are all
+    cached (train.py, evaluate.py, probe.py after encode.py) never pays it."""
+    global torchvision, ib_data, EncodedVideo
+    import torchvision
+
+    # pytorchvideo 0.1.5 (used by imagebind.data) imports a module torchvision removed in 0.17.
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", torchvision.transforms.functional)
+    with warnings.catch_warnings():  # imagebind imports the deprecated pkg_resources and torch.jit.script_method
+        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+        import imagebind.data as ib_data
+    from pytorchvideo.data.encoded_video import EncodedVideo
+
+    # Scoped to imagebind.data only: the rest of the process keeps the real torchaudio.
+    ib_data.torchaudio = types.SimpleNamespace(load=_load_audio, functional=ib_data.torchaudio.functional,
+                                               compliance=ib_data.torchaudio.compliance)
+
+
+def __getattr__(name):  # preprocess.ib_data / .EncodedVideo / .torchvision from outside load the package first
+    if name in ("torchvision", "ib_data", "EncodedVideo"):
+        _load_package()
+        return globals()[name]
+    raise AttributeError(f"module 'preprocess' has no attribute {name!r}")
 
 
 def _load_audio(path):
@@ -40,14 +59,10 @@ def _load_audio(path):
     return torch.nn.functional.pad(torch.from_numpy(wav.T.copy()), (0, pad)), sr  # (C, N), as torchaudio.load
 
 
-# Scoped to imagebind.data only: the rest of the process keeps the real torchaudio.
-ib_data.torchaudio = types.SimpleNamespace(load=_load_audio, functional=ib_data.torchaudio.functional,
-                                           compliance=ib_data.torchaudio.compliance)
-
-
 def preprocess(path, modality: str) -> torch.Tensor:
     """One file -> the tensor imagebind.data's own loader builds for it (without the batch dim)."""
     path = str(path)
+    _load_package()
     if not os.path.isfile(path):
         raise FileNotFoundError("file not found")
     if os.path.getsize(path) == 0:

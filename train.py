@@ -58,7 +58,8 @@ class TrainConfig:
     max_steps: int = flag(0, "optimizer steps (0 = epochs x steps per epoch)")
     batch_size: int = flag(8, "records per optimizer step, summed over workers and micro-steps")
     micro_batch: int = flag(8, "records per forward/backward on a worker; gradient accumulation does the rest")
-    group_by_length: bool = flag(True, "batches of records of similar length (less padding; epoch_batches)")
+    group_by_length: bool = flag(False, "batches of records of similar length: less padding (epoch_batches), but on "
+                                        "the toy set batches of one family: 12.6%% exact prompts against 50.7%%")
     lr: float = flag(1e-3, "peak learning rate (AdamW)")
     projector_lr: float = flag(1.0, "P's learning rate as a fraction of --lr (toy preset: 0.1 and 3 both scored "
                                     "lower than 1, data/README.md)")

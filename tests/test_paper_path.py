@@ -22,6 +22,7 @@ import chat
 import encode
 import evaluate
 import generate
+import preprocess
 import train
 import zoo_tiny
 from data import official_checkpoint
@@ -83,7 +84,9 @@ def offline():
         mp.setattr(socket, "create_connection", refuse)
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import, so set here too
-        mp.setattr(encode.imagebind_model, "imagebind_huge", small_huge)
+        preprocess._load_package()  # imagebind imports only with this stack's fixes (encode.load_encoder does the same)
+        from imagebind.models import imagebind_model
+        mp.setattr(imagebind_model, "imagebind_huge", small_huge)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny models: threads on 2 shared cores only add overhead
         encode.load_encoder.cache_clear()
