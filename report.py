@@ -94,16 +94,18 @@ def plot_curves(log_path: str, png_path: str) -> bool:
     series = {k: [(r["step"], r[k]) for r in rows if k in r] for k in ("loss", "val_loss", "val_exact")}
     if not any(series.values()):
         return False
-    fig = Figure(figsize=(11, 3.6), layout="tight")
-    ax1, ax2 = fig.subplots(1, 2, sharex=True)  # one step axis: validation beside training
+    fig = Figure(figsize=(11 if series["val_exact"] else 5.5, 3.6), layout="tight")  # no answers (--val_respond 0)
+    ax1, ax2 = fig.subplots(1, 2, sharex=True) if series["val_exact"] else (fig.subplots(), None)  # one step axis
     for key, label, ax in (("loss", "train loss", ax1), ("val_loss", "val loss", ax1), ("val_exact", "val exact", ax2)):
         if series[key]:
             steps, values = zip(*series[key])
             ax.plot(steps, [100 * v for v in values] if key == "val_exact" else values, label=label,
                     marker="o" if len(steps) < 20 else None)
     ax1.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
-    ax2.set(xlabel="step", ylabel="%", ylim=(0, 100), title="validation: exact meta-responses")
-    ax1.legend(), ax2.legend()
+    ax1.legend()
+    if ax2 is not None:
+        ax2.set(xlabel="step", ylabel="%", ylim=(0, 100), title="validation: exact meta-responses")
+        ax2.legend()
     fig.savefig(png_path, dpi=90)
     return True
 
