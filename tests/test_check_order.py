@@ -16,6 +16,7 @@ import agent
 import encode
 import evaluate
 import generate
+import preprocess
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +89,15 @@ def test_evaluate_checks_adapter_and_checkpoint_before_loading(tmp_path, monkeyp
         evaluate.main([str(data), "--adapter", str(tmp_path), "--encoder_checkpoint", str(tmp_path / "other.pth")])
 
 
+def imagebind_model():
+    """The package module encode.load_encoder builds from (imported on first use, with this stack's fixes)."""
+    preprocess._load_package()
+    from imagebind.models import imagebind_model
+    return imagebind_model
+
+
 def test_encode_checks_checkpoint_before_building_the_encoder(tmp_path, monkeypatch):
-    forbid(monkeypatch, encode.imagebind_model, "imagebind_huge")  # would download 4.8 GB without a checkpoint
+    forbid(monkeypatch, imagebind_model(), "imagebind_huge")  # would download 4.8 GB without a checkpoint
     (tmp_path / "a.png").write_bytes(b"png")
     for flag in ("--encoder_checkpoint", "--checkpoint"):  # the old spelling stays an alias
         with pytest.raises(SystemExit, match=f"--encoder_checkpoint {tmp_path}/nope.pth: no such file"):
@@ -105,7 +113,7 @@ def test_encode_offline_without_checkpoint_says_what_to_do(tmp_path, monkeypatch
 
     def offline(pretrained):
         raise urllib.error.URLError("no network")  # what the package's download raises offline
-    monkeypatch.setattr(encode.imagebind_model, "imagebind_huge", offline)
+    monkeypatch.setattr(imagebind_model(), "imagebind_huge", offline)
     monkeypatch.setattr(encode, "preprocess", lambda path, modality: torch.zeros(3, 224, 224))
     encode.load_encoder.cache_clear()
     (tmp_path / "a.png").write_bytes(b"png")
