@@ -35,7 +35,7 @@ class AgentConfig:
     llm: str = "tiny"  # hub id, local folder, "pip:<package>" (a folder inside an installed package) or "tiny"
     gguf_file: str | None = None  # a GGUF file in that folder (transformers dequantises it)
     tokenizer: str | None = None  # None: the LLM's own ("tiny" has none and borrows one)
-    dtype: str = "float32"  # storage dtype of the frozen LLM; "auto": native_dtype(); trainable weights stay fp32
+    dtype: str = "float32"  # storage dtype of the frozen LLM ("bfloat16" on GPU); trainable weights stay fp32
     encoder: str = "tiny"  # the encode.py preset whose features P reads
     encoder_checkpoint: str | None = None  # a local file of that encoder's weights (None: download / built-in)
     feat_dim: int = 512  # = encode.embed_dim(encoder)
@@ -143,7 +143,7 @@ class ModaVerse(nn.Module):
     def from_config(cls, cfg: AgentConfig) -> "ModaVerse":
         """Load the LLM, freeze it, add LoRA, and build a freshly initialised projector P."""
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.llm, cfg.gguf_file)
-        dtype = native_dtype() if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+        dtype = getattr(torch, cfg.dtype)
         if cfg.llm == "tiny":
             llm = tiny_llama(len(tokenizer))
         else:
@@ -334,6 +334,6 @@ def load_adapter(out_dir: str, device: str = "cpu", inference: bool = False) -> 
     model.load_trainable_state_dict(load_file(os.path.join(out_dir, "adapter.safetensors")))
     if inference:
         merge_lora(model.llm)
-        model.llm.to(native_dtype() if model.cfg.dtype in ("auto", "float32") else getattr(torch, model.cfg.dtype))
+        model.llm.to(native_dtype() if model.cfg.dtype == "float32" else getattr(torch, model.cfg.dtype))
     return model.to(device).train(not inference)
 

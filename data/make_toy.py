@@ -180,7 +180,8 @@ def f_replay_sound(rng, pick, words=TRAIN_WORDS):
     at = item["attributes"] | said
     needs = [[0, key] for key in at if key not in said]  # the audio's other two attributes
     inv = {"model": model, "prompt": tone(at)}
-    combo = ["heard+said", *[(item["attributes"][key], value) for key, value in said.items()][0]]
+    (key, value), = said.items()
+    combo = ["heard+said", item["attributes"][key], value]
     return "output", choice(rng, words[model]).format(x=x), [item], RESPONSE[model], inv, [combo], needs
 
 
@@ -192,14 +193,15 @@ def f_text_request(rng, pick, words=TRAIN_WORDS):
         note = f"{a(at['pitch'])} note on {a(INSTRUMENT[at['waveform']])}, {RHYTHMS[at['rhythm']]}"
         x = choice(rng, [tone(at), note])
         instruction, inv = choice(rng, words[model]).format(x=x), {"model": model, "prompt": tone(at)}
-        combo = None  # any tone may be asked for in words
+        combos = []  # any tone may be asked for in words
     else:
         colour, thing = choice(rng, list(COLOURS)), choice(rng, THINGS)
         instruction, inv, combo = ask_visual(rng, words, model, a(f"{colour} {thing}"), colour, thing)
+        combos = [combo]
     if "redirect" in words and rng.random() < 0.25:
         other = choice(rng, [m for m in MODELS if m != model])
         instruction = choice(rng, words["redirect"]).format(**REFUSAL[other]) + instruction
-    return "output", instruction, [], RESPONSE[model], inv, [combo] if combo else [], []
+    return "output", instruction, [], RESPONSE[model], inv, combos, []
 
 
 def f_negation(rng, pick, words=TRAIN_WORDS):
