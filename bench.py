@@ -145,6 +145,7 @@ def make_examples(model, n: int, seq_len: int, seed: int = 0) -> list[dict]:
 # ----------------------------------------------------------------------------- the benchmarks
 def bench_train(shape: str, device: str, steps: int) -> tuple[dict, object]:
     """Optimizer steps as train.py takes them (micro-batches, autocast, clip, AdamW) on synthetic records."""
+    from agent import storage_dtype
     from train import PRESETS, to_batch
 
     tcfg = PRESETS[shape]
@@ -154,7 +155,7 @@ def bench_train(shape: str, device: str, steps: int) -> tuple[dict, object]:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tcfg.lr)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = torch.bfloat16 if device.startswith("cuda") else storage_dtype(model.cfg.dtype)  # as train.py's "auto"
     ctx = torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
     batch = make_examples(model, tcfg.batch_size, SEQ_LEN[shape])
     data_s = []
@@ -164,7 +165,7 @@ def bench_train(shape: str, device: str, steps: int) -> tuple[dict, object]:
         for i in range(0, len(batch), tcfg.micro_batch):
             chunk = batch[i:i + tcfg.micro_batch]
             t0 = time.perf_counter()
-            kw = to_batch(model, chunk, device)  # the per-step data work of train.py: collate + copy to device
+            kw = to_batch(model, chunk, device, tcfg.pack)  # the per-step data work of train.py: collate + copy to device
             data_s.append(time.perf_counter() - t0)
             with ctx:
                 loss = model(**kw).loss * sum(e["n_sup"] for e in chunk) / sum(e["n_sup"] for e in batch)
@@ -179,7 +180,7 @@ def bench_train(shape: str, device: str, steps: int) -> tuple[dict, object]:
     lengths = [len(e["input_ids"]) for e in batch]
     flops = step_flops(model.llm.config, model.cfg.lora_r, model.cfg.lora_targets, lengths,
                        sum(e["n_sup"] for e in batch), len(batch), model.cfg.feat_dim, model.cfg.tokens_per_item)
-    return {"shape": shape, "device": device, "batch": len(batch), "micro_batch": tcfg.micro_batch,
+    return {"shape": shape, "device": device, "dtype": str(dtype)[6:], "batch": len(batch), "micro_batch": tcfg.micro_batch,
             "seq_len": SEQ_LEN[shape], "step_s": step_s, "tok_per_s": sum(lengths) / step_s,
             "step_gflop": flops / 1e9, "data_share": data_share,
             "peak_mib": peak_memory_mib(device), "grad_checkpointing": tcfg.grad_checkpointing}, model
@@ -233,12 +234,11 @@ def bench_generate(model, device: str, new_tokens: int, repeats: int) -> dict:
 
 
 def format_table(report: dict) -> str:
-    (name, best), (_, every) = report["matmul_peak_gflops"].items()
-    lines = [f"matmul peak ({report['peak_dtype']}, {report['device']}): {name} {best:.0f} GFLOP/s "
-             f"(measurements: {', '.join(f'{p:.0f}' for p in every)})", "",
-             "shape   batch    T   step s    tok/s    GFLOP    MFU   data  peak MiB"]
+    lines = [f"matmul peak ({dtype}, {report['device']}): {max(every):.0f} GFLOP/s (measurements: "
+             f"{', '.join(f'{p:.0f}' for p in every)})" for dtype, every in report["matmul_peak_gflops"].items()]
+    lines += ["", "shape   dtype     batch    T   step s    tok/s    GFLOP    MFU   data  peak MiB"]
     for r in report["train"]:
-        lines.append(f"{r['shape']:<7}{r['batch']:>6}{r['seq_len']:>5}{r['step_s']:>9.3f}{r['tok_per_s']:>9.0f}"
+        lines.append(f"{r['shape']:<8}{r['dtype']:<9}{r['batch']:>6}{r['seq_len']:>5}{r['step_s']:>9.3f}{r['tok_per_s']:>9.0f}"
                      f"{r['step_gflop']:>9.1f}{100 * r['mfu']:>6.1f}%{100 * r['data_share']:>6.1f}%"
                      f"{r['peak_mib']:>10.0f}")
     lo = report["lora"]
@@ -268,25 +268,25 @@ def main(argv=None):
     if cuda and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device visible")
     shapes = args.shapes or ["tiny", "toy"] + (["paper"] if cuda else [])
-    steps, dtype = args.steps or (2 if args.quick else 20), torch.bfloat16 if cuda else torch.float32
+    steps = args.steps or (2 if args.quick else 20)
     report = {"device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads",
-              "peak_dtype": str(dtype).replace("torch.", ""), "train": [], "generate": {}, "skipped": []}
+              "train": [], "generate": {}, "skipped": []}
     if not cuda:  # 7B bf16 weights alone are 13.5 GB, and a step is ~1 TFLOP per record
         shapes = [s for s in shapes if s != "paper"]
         report["skipped"].append("paper shape (Vicuna-7B dims, bf16): needs a GPU, run with --device cuda")
-    # Other processes sharing the machine can only slow a measurement down, so the machine's peak is the best
-    # of matmul timings taken before and after every shape; MFU uses that best one.
-    n, peaks = (8192 if cuda else 2048), []
-    peaks.append(matmul_peak(args.device, dtype, n))
+    # Other jobs can only slow a timing down: MFU uses the best matmul peak, timed around every shape, in its dtype.
+    n, peaks = (8192 if cuda else 2048), {"bfloat16": []} if cuda else {"float32": [], "bfloat16": []}
+    measure = lambda: [v.append(matmul_peak(args.device, getattr(torch, k), n) / 1e9) for k, v in peaks.items()]  # noqa
+    measure()
     for shape in shapes:
         result, model = bench_train(shape, args.device, steps)
         report["train"].append(result)
         report["generate"][shape] = bench_generate(model, args.device, *((8, 1) if args.quick else (64, 3)))
         del model
-        peaks.append(matmul_peak(args.device, dtype, n))
-    report["matmul_peak_gflops"] = {f"{n}^2 best": max(peaks) / 1e9, "all": [p / 1e9 for p in peaks]}
+        measure()
+    report["matmul_peak_gflops"] = peaks  # {dtype: GFLOP/s of a n x n matmul, each time it was measured}
     for res in report["train"]:
-        res["mfu"] = res["step_gflop"] * 1e9 / res["step_s"] / max(peaks)
+        res["mfu"] = res["step_gflop"] / res["step_s"] / max(peaks[res["dtype"]])
     dim, r = (4096, 32) if cuda else (576, 16)  # Vicuna-7B / SmolLM2-135M widths, the presets' ranks
     report["lora"] = bench_lora(args.device, dim, r, 2048 if cuda else 512, 5 if args.quick else 50)
     print(format_table(report))

@@ -265,9 +265,10 @@ def stats_sample(mods: np.ndarray, read, seed: int, per_modality: int = 1024):
     return read([i for i, _ in picked]), [m for _, m in picked]
 
 
-def to_batch(model: ModaVerse, examples: list[dict], device) -> dict:
-    """Examples -> forward() keywords: (B, T) ids/mask/labels, media rows (M, feat_dim) in record order."""
-    b = model.collate(examples)
+def to_batch(model: ModaVerse, examples: list[dict], device, pack: bool = False) -> dict:
+    """Examples -> forward() keywords: (B, T) ids/mask/labels (or one packed row, ModaVerse.collate), media rows
+    (M, feat_dim) in record order."""
+    b = model.collate(examples, pack)
     feats = torch.from_numpy(np.concatenate([e["feats"] for e in examples]))  # (M, feat_dim)
     return {k: v.to(device) for k, v in b.items()} | {
         "media_feats": feats.to(device), "media_modalities": [m for e in examples for m in e["modalities"]]}

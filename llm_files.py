@@ -90,6 +90,11 @@ def native_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() or cpu_bf16 else torch.float32
 
 
+def storage_dtype(name: str) -> torch.dtype:
+    """AgentConfig.dtype -> the dtype the frozen LLM is stored in ("auto": native_dtype())."""
+    return native_dtype() if name == "auto" else getattr(torch, name)
+
+
 def tiny_llama(vocab_size: int, seed: int = 0) -> nn.Module:
     """A random 2-layer Llama (hidden 64) for tests: the real code path, built in a second. Seeded, so
     load_adapter rebuilds the same frozen base weights the adapter was trained on."""

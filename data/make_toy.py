@@ -51,10 +51,16 @@ MODELS = ("text-to-image", "text-to-video", "text-to-audio")
 HELD_OUT = {
     "colour+waveform": {("red", "sine"), ("yellow", "square"), ("green", "sawtooth"),
                         ("blue", "sine"), ("purple", "square"), ("brown", "sawtooth")},
-    "model+colour": {("text-to-image", "green"), ("text-to-video", "pink")},
-    # a replay that changes what was heard (waveform, rhythm) into what the instruction says: (heard, said)
-    "heard+said": {("sine", "sawtooth"), ("square", "sine"), ("sawtooth", "square"),
-                   ("steady", "two beeps"), ("two beeps", "four beeps"), ("four beeps", "steady")},
+    # a colour said in the instruction and an audio of this waveform (unlike colour+waveform's: all are in train)
+    "said-colour+waveform": {("orange", "sine"), ("green", "sine"), ("pink", "square"), ("red", "square"),
+                             ("blue", "sawtooth"), ("yellow", "sawtooth")},
+    # a colour read from an image/video and a thing that the instruction says
+    "colour+thing": {("red", "kite"), ("orange", "balloon"), ("yellow", "car"), ("green", "boat"), ("blue", "bird"),
+                     ("purple", "ball"), ("pink", "hat"), ("brown", "fish")},
+    # a replay: the heard pitch with the waveform or rhythm that the instruction says
+    "pitch+said": {("very low", "sawtooth"), ("very low", "two beeps"), ("low", "sine"), ("low", "four beeps"),
+                   ("medium", "square"), ("medium", "steady"), ("high", "sawtooth"), ("high", "four beeps"),
+                   ("very high", "sine"), ("very high", "two beeps")},
 }
 WORDING_TESTS = {"request-image": 20, "request-video": 20, "request-audio": 20, "negation": 24, "text-question": 16}
 
@@ -66,7 +72,6 @@ WORDING_TESTS = {"request-image": 20, "request-video": 20, "request-audio": 20, 
 
 def pair_combo(visual: dict, audio: dict) -> list:
     return ["colour+waveform", visual["attributes"]["colour"], audio["attributes"]["waveform"]]
-
 
 
 def f_describe_one(rng, pick):
@@ -145,7 +150,8 @@ def f_paint_thing(rng, pick, words=TRAIN_WORDS):
     item, model = pick(choice(rng, ["image", "video"])), choice(rng, MODELS[:2])
     noun, thing = choice(rng, NOUNS[item["modality"]]), choice(rng, THINGS)
     x = choice(rng, [f"{a(thing)} in the colour of this {noun}", f"{a(thing)} the same colour as this {noun}"])
-    instruction, inv, combo = ask_visual(rng, words, model, x, item["attributes"]["colour"], thing)
+    instruction, inv = ask_visual(rng, words, model, x, item["attributes"]["colour"], thing)
+    combo = ["colour+thing", item["attributes"]["colour"], thing]
     return "output", instruction, [item], RESPONSE[model], inv, [combo], [[0, "colour"]]
 
 
@@ -154,7 +160,8 @@ def f_paint_instrument(rng, pick, words=TRAIN_WORDS):
     item, model, colour = pick("audio"), choice(rng, MODELS[:2]), choice(rng, list(COLOURS))
     x = choice(rng, [f"the instrument that makes this sound, in {colour}",
                      f"the instrument playing this audio, coloured {colour}"])
-    instruction, inv, combo = ask_visual(rng, words, model, x, colour, INSTRUMENT[item["attributes"]["waveform"]])
+    instruction, inv = ask_visual(rng, words, model, x, colour, INSTRUMENT[item["attributes"]["waveform"]])
+    combo = ["said-colour+waveform", colour, item["attributes"]["waveform"]]
     return "output", instruction, [item], RESPONSE[model], inv, [combo], [[0, "waveform"]]
 
 
@@ -162,9 +169,9 @@ def f_colour_instrument(rng, pick, words=TRAIN_WORDS):
     """Instrument from the audio, colour from the image/video: needs both media items."""
     visual, audio, model = pick(choice(rng, ["image", "video"])), pick("audio"), choice(rng, MODELS[:2])
     x = f"the instrument that makes this sound, in the colour of this {choice(rng, NOUNS[visual['modality']])}"
-    instruction, inv, combo = ask_visual(rng, words, model, x, visual["attributes"]["colour"],
-                                         INSTRUMENT[audio["attributes"]["waveform"]])
-    return ("output", instruction, [audio, visual], RESPONSE[model], inv, [combo, pair_combo(visual, audio)],
+    instruction, inv = ask_visual(rng, words, model, x, visual["attributes"]["colour"],
+                                  INSTRUMENT[audio["attributes"]["waveform"]])
+    return ("output", instruction, [audio, visual], RESPONSE[model], inv, [pair_combo(visual, audio)],
             [[0, "waveform"], [1, "colour"]])
 
 
@@ -180,8 +187,7 @@ def f_replay_sound(rng, pick, words=TRAIN_WORDS):
     at = item["attributes"] | said
     needs = [[0, key] for key in at if key not in said]  # the audio's other two attributes
     inv = {"model": model, "prompt": tone(at)}
-    (key, value), = said.items()
-    combo = ["heard+said", item["attributes"][key], value]
+    combo = ["pitch+said", item["attributes"]["pitch"], *said.values()]  # said: one attribute
     return "output", choice(rng, words[model]).format(x=x), [item], RESPONSE[model], inv, [combo], needs
 
 
@@ -193,15 +199,13 @@ def f_text_request(rng, pick, words=TRAIN_WORDS):
         note = f"{a(at['pitch'])} note on {a(INSTRUMENT[at['waveform']])}, {RHYTHMS[at['rhythm']]}"
         x = choice(rng, [tone(at), note])
         instruction, inv = choice(rng, words[model]).format(x=x), {"model": model, "prompt": tone(at)}
-        combos = []  # any tone may be asked for in words
     else:
         colour, thing = choice(rng, list(COLOURS)), choice(rng, THINGS)
-        instruction, inv, combo = ask_visual(rng, words, model, a(f"{colour} {thing}"), colour, thing)
-        combos = [combo]
+        instruction, inv = ask_visual(rng, words, model, a(f"{colour} {thing}"), colour, thing)
     if "redirect" in words and rng.random() < 0.25:
         other = choice(rng, [m for m in MODELS if m != model])
         instruction = choice(rng, words["redirect"]).format(**REFUSAL[other]) + instruction
-    return "output", instruction, [], RESPONSE[model], inv, combos, []
+    return "output", instruction, [], RESPONSE[model], inv, [], []  # nothing read: any combination may be asked for
 
 
 def f_negation(rng, pick, words=TRAIN_WORDS):

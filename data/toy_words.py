@@ -87,15 +87,15 @@ def choice(rng: np.random.Generator, options):
     return options[rng.integers(len(options))]
 
 
-def ask_visual(rng, words: dict, model: str, x: str, colour: str, thing: str) -> tuple[str, dict, list]:
-    """A request of text-to-image / text-to-video for x (a video moves: the direction is said), its invocation
-    with a generator-style prompt, and the model+colour combo it makes."""
+def ask_visual(rng, words: dict, model: str, x: str, colour: str, thing: str) -> tuple[str, dict]:
+    """A request of text-to-image / text-to-video for x (a video moves: the direction is said) and its invocation
+    with a generator-style prompt."""
     direction, what = choice(rng, list(DIRECTIONS)), a(f"{colour} {thing}")
     if model == "text-to-video":
         x, prompt = f"{x}, moving {direction}", f"a video of {what} moving {direction}"
     else:
         prompt = f"a picture of {what}"
-    return choice(rng, words[model]).format(x=x), {"model": model, "prompt": prompt}, ["model+colour", model, colour]
+    return choice(rng, words[model]).format(x=x), {"model": model, "prompt": prompt}
 
 
 def held_out_pieces() -> set[str]:

@@ -225,6 +225,27 @@ def test_mixed_batch_loss_is_token_weighted_mean_of_examples(model):
     model.zero_grad(set_to_none=True)
 
 
+def test_packed_batch_equals_padded_batch(model):
+    """collate(pack=True): one row, no padding, attention kept within each record: the same loss, supervised logits
+    and gradients as the right-padded batch (a record attending to the one before it would change all three)."""
+    records = [record(0, ["audio"], "one audio item and a longer answer"), record(1, [], "text only"),
+               record(2, ["image", "video"], "two")]
+    examples, x = [model.build_example(r) for r in records], feats(3)
+    kw = dict(media_feats=x, media_modalities=["audio", "image", "video"])
+    packed = model.collate(examples, pack=True)
+    assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples)) and "attention_mask" not in packed
+    runs = []
+    for batch in (model.collate(examples), packed):
+        out = model(**batch, **kw)
+        out.loss.backward()
+        runs.append((out.loss.detach(), out.logits.detach(), model.projector.proj["video"].weight.grad.clone()))
+        model.zero_grad(set_to_none=True)
+    for padded_value, packed_value in zip(*runs):
+        torch.testing.assert_close(packed_value, padded_value, rtol=1e-4, atol=1e-5)
+    crossed = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1])[None])  # one long sequence
+    assert (model(**crossed, **kw).logits - runs[1][1]).abs().max() > 1e-3  # the mask matters
+
+
 def test_saved_adapter_reproduces_logits(model, tmp_path):
     batch = model.collate([model.build_example(RECORD)])
     del batch["labels"]

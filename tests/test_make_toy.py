@@ -69,26 +69,31 @@ def test_same_seed_same_bytes_other_seed_differs(toy, tmp_path):
         assert first[name] != other[name], name  # ... different content
 
 
-def replay_changes(heard: dict, prompt: str) -> list[tuple]:
-    """("heard+said", heard, said) for the waveform and rhythm of a text-to-audio prompt that differ from the audio's."""
-    waveform = next(w for w in toy_media.WAVEFORMS if f" {w} tone" in prompt)
-    rhythm = next(r for r, words in toy_media.RHYTHMS.items() if prompt.endswith(words))
-    return [("heard+said", heard[key], value) for key, value in (("waveform", waveform), ("rhythm", rhythm))
-            if heard[key] != value]
+def replay_said(instruction: str) -> str:
+    """The waveform or rhythm that a replay's instruction asks for ("... played on a violin", "... in two beeps")."""
+    for instrument, waveform in toy_words.WAVEFORM_OF.items():
+        if f"played on {toy_media.a(instrument)}" in instruction:
+            return waveform
+    return next(r for r, words in toy_media.RHYTHMS.items() if words in instruction)
 
 
 def held_out_combos(record: dict, media: dict) -> list[tuple]:
-    """Recomputed from the media attributes and the target, independently of the record's "combos" key."""
+    """Recomputed from the media attributes, the instruction and the target, independently of the record's
+    "combos" key."""
     attrs = [media[m["path"]]["attributes"] | {"modality": m["modality"]} for m in record["media"]]
-    found = []
-    for v in (x for x in attrs if x["modality"] in ("image", "video")):
-        for au in (x for x in attrs if x["modality"] == "audio"):
-            found.append(("colour+waveform", v["colour"], au["waveform"]))
+    visual = [x for x in attrs if x["modality"] in ("image", "video")]
+    audio = [x for x in attrs if x["modality"] == "audio"]
+    found = [("colour+waveform", v["colour"], au["waveform"]) for v in visual for au in audio]
     for inv in record["target"]["invocations"]:
+        words = inv["prompt"].split()
         if inv["model"] != "text-to-audio":
-            found += [("model+colour", inv["model"], c) for c in toy_media.COLOURS if c in inv["prompt"].split()]
-        elif len(attrs) == 1:  # a replay: what differs from the heard audio was said
-            found += replay_changes(attrs[0], inv["prompt"])
+            if visual and not audio:  # the thing was said
+                found += [("colour+thing", v["colour"], t) for v in visual for t in toy_words.THINGS if t in words]
+            if not visual:  # the colour was said
+                found += [("said-colour+waveform", c, au["waveform"]) for c in toy_media.COLOURS if c in words
+                          for au in audio]
+        elif len(attrs) == 1:  # a replay
+            found.append(("pitch+said", attrs[0]["pitch"], replay_said(record["instruction"])))
     return [c for c in found if c[1:] in make_toy.HELD_OUT[c[0]]]
 
 

@@ -163,6 +163,21 @@ def test_two_workers_average_the_same_gradients_as_one(data, tmp_path):
     assert [e["loss"] for e in log(tmp_path / "two")] == pytest.approx([e["loss"] for e in log(tmp_path / "one")])
 
 
+def test_packed_micro_batches_train_as_padded_ones(data, tmp_path):
+    """--pack changes the layout of a micro-batch, not the math: same losses, gradients (Adam's moments) and val
+    loss as right-padded batches of records of different lengths."""
+    common = ("--max_steps", 3, "--batch_size", 4, "--micro_batch", 2, "--grad_clip", 0, "--val_respond", 0)
+    train.main(args(data, tmp_path / "padded", *common))
+    train.main(args(data, tmp_path / "packed", *common, "--pack"))
+    padded, packed = (torch.load(tmp_path / d / "train_state.pt", weights_only=True) for d in ("padded", "packed"))
+    for key in ("exp_avg", "exp_avg_sq"):
+        a, b = (torch.cat([s[key].flatten() for s in x["optimizer"]["state"].values()]) for x in (padded, packed))
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5 * a.abs().max().item())
+    losses = [[e.get("loss", e.get("val_loss")) for e in log(tmp_path / d)] for d in ("padded", "packed")]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
 def test_resume_after_a_kill_equals_the_uninterrupted_run(data, tmp_path):
     """6 steps over 2 epochs, LoRA dropout on, a validation at step 3. The stopped run checkpoints at step 4,
     does step 5 and dies; the resumed run redoes 5 and 6. Exact on CPU (same ops, same RNG streams)."""
@@ -343,14 +358,18 @@ def test_nonsense_flags_are_refused_before_loading(data, tmp_path, capsys, flags
     assert re.search(message, capsys.readouterr().err.splitlines()[-1])
 
 
-def test_projector_lr_scales_only_the_projector_group(data, tmp_path):
-    train.main(args(data, tmp_path, "--max_steps", 2, "--projector_lr", 0.25, "--val_data", ""))
+def test_projector_and_lora_b_lr_scale_only_their_groups(data, tmp_path):
+    train.main(args(data, tmp_path, "--max_steps", 2, "--projector_lr", 0.25, "--lora_b_lr", 4, "--val_data", ""))
     state = torch.load(tmp_path / "train_state.pt", weights_only=True)
-    p_group, llm_group = state["optimizer"]["param_groups"]
-    assert p_group["lr"] == pytest.approx(0.25 * llm_group["lr"]) and llm_group["lr"] > 0
+    p_group, a_group, b_group = state["optimizer"]["param_groups"]
+    assert p_group["lr"] == pytest.approx(0.25 * a_group["lr"]) and a_group["lr"] > 0
+    assert b_group["lr"] == pytest.approx(4 * a_group["lr"])
     model = load_adapter(str(tmp_path))
     n_p = sum(1 for p in model.projector.parameters() if p.requires_grad)
-    assert len(p_group["params"]) == n_p and len(llm_group["params"]) == 2 * 4 * 2  # A, B x 4 targets x 2 layers
+    assert len(p_group["params"]) == n_p and len(a_group["params"]) == len(b_group["params"]) == 4 * 2  # 4 targets x 2 layers
+    shape = lambda i: state["optimizer"]["state"][i]["exp_avg"].shape  # noqa: E731
+    r = model.cfg.lora_r  # A is (r, in), B is (out, r); the tiny model's in/out are 64 or more
+    assert all(shape(i)[0] == r for i in a_group["params"]) and all(shape(i)[1] == r for i in b_group["params"])
 
 
 def test_missing_data_file_stops_before_the_model_loads(data, tmp_path, monkeypatch):
