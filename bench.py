@@ -145,8 +145,7 @@ def make_examples(model, n: int, seq_len: int, seed: int = 0) -> list[dict]:
 # ----------------------------------------------------------------------------- the benchmarks
 def bench_train(shape: str, device: str, steps: int) -> tuple[dict, object]:
     """Optimizer steps as train.py takes them (micro-batches, autocast, clip, AdamW) on synthetic records."""
-    from agent import storage_dtype
-    from train import PRESETS, to_batch
+    from train import PRESETS, autocast_dtype, to_batch
 
     tcfg = PRESETS[shape]
     torch.manual_seed(0)
@@ -155,7 +154,7 @@ def bench_train(shape: str, device: str, steps: int) -> tuple[dict, object]:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tcfg.lr)
-    dtype = torch.bfloat16 if device.startswith("cuda") else storage_dtype(model.cfg.dtype)  # as train.py's "auto"
+    dtype = autocast_dtype("auto", device.split(":")[0], model.cfg)  # as train.py
     ctx = torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
     batch = make_examples(model, tcfg.batch_size, SEQ_LEN[shape])
     data_s = []
@@ -275,7 +274,7 @@ def main(argv=None):
         shapes = [s for s in shapes if s != "paper"]
         report["skipped"].append("paper shape (Vicuna-7B dims, bf16): needs a GPU, run with --device cuda")
     # Other jobs can only slow a timing down: MFU uses the best matmul peak, timed around every shape, in its dtype.
-    n, peaks = (8192 if cuda else 2048), {"bfloat16": []} if cuda else {"float32": [], "bfloat16": []}
+    n, peaks = (8192 if cuda else 2048), {k: [] for k in ("bfloat16", "float16" if cuda else "float32")}
     measure = lambda: [v.append(matmul_peak(args.device, getattr(torch, k), n) / 1e9) for k, v in peaks.items()]  # noqa
     measure()
     for shape in shapes:

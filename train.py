@@ -186,6 +186,16 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, sizes=None) ->
     return batches if sizes is None else [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
 
 
+def autocast_dtype(amp_dtype: str, device_type: str, acfg: AgentConfig) -> torch.dtype:
+    """--amp_dtype -> autocast's dtype. auto: on a GPU bf16 (fp16 + GradScaler where bf16 is missing); on a CPU the
+    frozen LLM's storage dtype (bf16 for the toy preset on a CPU that has it natively, else fp32: no autocast)."""
+    if amp_dtype != "auto":
+        return getattr(torch, amp_dtype)
+    if device_type == "cpu":
+        return storage_dtype(acfg.dtype)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def get_lr(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warmup to lr, then a cosine down to lr * min_lr_frac at the last step."""
     warmup = max(1, round(cfg.warmup_frac * total))
@@ -322,12 +332,7 @@ def train(cfg: TrainConfig, acfg: AgentConfig) -> dict:
         raw_model = model
         if world > 1:  # a batch without audio leaves the audio P unused: find_unused_parameters
             model = DDP(model, device_ids=[local] if dt_type == "cuda" else None, find_unused_parameters=True)
-        if cfg.amp_dtype != "auto":
-            ptdtype = getattr(torch, cfg.amp_dtype)
-        elif dt_type == "cpu":  # bf16 where the frozen LLM is stored in bf16 (the toy preset on a CPU that has it)
-            ptdtype = storage_dtype(acfg.dtype)
-        else:
-            ptdtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # fp16: GradScaler vs underflow
+        ptdtype = autocast_dtype(cfg.amp_dtype, dt_type, acfg)
         ctx = torch.autocast(dt_type, dtype=ptdtype, enabled=ptdtype != torch.float32)
         scaler = torch.amp.GradScaler(dt_type, enabled=ptdtype == torch.float16)
         lora = [(n, p) for n, p in raw_model.llm.named_parameters() if p.requires_grad]
