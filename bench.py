@@ -164,7 +164,7 @@ def bench_train(shape: str, device: str, steps: int) -> tuple[dict, object]:
         for i in range(0, len(batch), tcfg.micro_batch):
             chunk = batch[i:i + tcfg.micro_batch]
             t0 = time.perf_counter()
-            kw = to_batch(model, chunk, device, tcfg.pack)  # the per-step data work of train.py: collate + copy to device
+            kw = to_batch(model, chunk, device, tcfg.pack)  # train.py's per-step data work: collate + copy to device
             data_s.append(time.perf_counter() - t0)
             with ctx:
                 loss = model(**kw).loss * sum(e["n_sup"] for e in chunk) / sum(e["n_sup"] for e in batch)
@@ -179,9 +179,9 @@ def bench_train(shape: str, device: str, steps: int) -> tuple[dict, object]:
     lengths = [len(e["input_ids"]) for e in batch]
     flops = step_flops(model.llm.config, model.cfg.lora_r, model.cfg.lora_targets, lengths,
                        sum(e["n_sup"] for e in batch), len(batch), model.cfg.feat_dim, model.cfg.tokens_per_item)
-    return {"shape": shape, "device": device, "dtype": str(dtype)[6:], "batch": len(batch), "micro_batch": tcfg.micro_batch,
-            "seq_len": SEQ_LEN[shape], "step_s": step_s, "tok_per_s": sum(lengths) / step_s,
-            "step_gflop": flops / 1e9, "data_share": data_share,
+    return {"shape": shape, "device": device, "dtype": str(dtype).removeprefix("torch."), "batch": len(batch),
+            "micro_batch": tcfg.micro_batch, "seq_len": SEQ_LEN[shape], "step_s": step_s,
+            "tok_per_s": sum(lengths) / step_s, "step_gflop": flops / 1e9, "data_share": data_share,
             "peak_mib": peak_memory_mib(device), "grad_checkpointing": tcfg.grad_checkpointing}, model
 
 
@@ -237,9 +237,9 @@ def format_table(report: dict) -> str:
              f"{', '.join(f'{p:.0f}' for p in every)})" for dtype, every in report["matmul_peak_gflops"].items()]
     lines += ["", "shape   dtype     batch    T   step s    tok/s    GFLOP    MFU   data  peak MiB"]
     for r in report["train"]:
-        lines.append(f"{r['shape']:<8}{r['dtype']:<9}{r['batch']:>6}{r['seq_len']:>5}{r['step_s']:>9.3f}{r['tok_per_s']:>9.0f}"
-                     f"{r['step_gflop']:>9.1f}{100 * r['mfu']:>6.1f}%{100 * r['data_share']:>6.1f}%"
-                     f"{r['peak_mib']:>10.0f}")
+        lines.append(f"{r['shape']:<8}{r['dtype']:<9}{r['batch']:>6}{r['seq_len']:>5}{r['step_s']:>9.3f}"
+                     f"{r['tok_per_s']:>9.0f}{r['step_gflop']:>9.1f}{100 * r['mfu']:>6.1f}%"
+                     f"{100 * r['data_share']:>6.1f}%{r['peak_mib']:>10.0f}")
     lo = report["lora"]
     lines += ["", f"LoRA layer ({lo['dim']}x{lo['dim']}, r={lo['r']}, {lo['tokens']} tokens), fwd+bwd ms: frozen "
               f"{lo['frozen_linear_ms']:.2f}, LoRALinear {lo['lora_layer_ms']:.2f} (x{lo['lora_vs_frozen']:.2f}), "

@@ -233,7 +233,8 @@ def test_packed_batch_equals_padded_batch(model):
     examples, x = [model.build_example(r) for r in records], feats(3)
     kw = dict(media_feats=x, media_modalities=["audio", "image", "video"])
     packed = model.collate(examples, pack=True)
-    assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples)) and "attention_mask" not in packed
+    assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples))
+    assert "attention_mask" not in packed
     runs = []
     for batch in (model.collate(examples), packed):
         out = model(**batch, **kw)

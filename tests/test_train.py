@@ -366,7 +366,8 @@ def test_projector_and_lora_b_lr_scale_only_their_groups(data, tmp_path):
     assert b_group["lr"] == pytest.approx(4 * a_group["lr"])
     model = load_adapter(str(tmp_path))
     n_p = sum(1 for p in model.projector.parameters() if p.requires_grad)
-    assert len(p_group["params"]) == n_p and len(a_group["params"]) == len(b_group["params"]) == 4 * 2  # 4 targets x 2 layers
+    assert len(p_group["params"]) == n_p
+    assert len(a_group["params"]) == len(b_group["params"]) == 4 * 2  # 4 targets x 2 layers
     shape = lambda i: state["optimizer"]["state"][i]["exp_avg"].shape  # noqa: E731
     r = model.cfg.lora_r  # A is (r, in), B is (out, r); the tiny model's in/out are 64 or more
     assert all(shape(i)[0] == r for i in a_group["params"]) and all(shape(i)[1] == r for i in b_group["params"])
