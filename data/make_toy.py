@@ -25,7 +25,7 @@ import numpy as np
 from records import write_jsonl
 from toy_media import COLOURS, MEDIA, RHYTHMS, SPLITS, WAVEFORMS, a, make_media  # the files, from attributes
 from toy_words import (FOOD, HELD_OUT_WORDS, INSTRUMENT, NOUNS, REFUSAL, RESPONSE, THINGS, TRAIN_WORDS,  # the words
-                       WAVEFORM_OF, ask_visual, choice, describe, describe_visual, held_out_pieces, tone)
+                       WAVEFORM_OF, ask_visual, choice, describe, describe_visual, held_out_pieces, instrument_of, tone)
 
 # ----------------------------------------------------------------------------- config
 
@@ -107,10 +107,8 @@ def f_food(rng, pick):
 
 def f_instrument(rng, pick):
     item = pick("audio")
-    w = item["attributes"]["waveform"]
     instruction = choice(rng, ["Which instrument could make this sound?", "What instrument might be playing here?"])
-    response = f"{a(INSTRUMENT[w]).capitalize()}, because the audio is {a(w)} tone."
-    return "reasoning", instruction, [item], response, None, [], []
+    return "reasoning", instruction, [item], instrument_of(item), None, [], []
 
 
 def f_beeps(rng, pick):
@@ -162,7 +160,7 @@ def f_paint_instrument(rng, pick, words=TRAIN_WORDS):
                      f"the instrument playing this audio, coloured {colour}"])
     instruction, inv = ask_visual(rng, words, model, x, colour, INSTRUMENT[item["attributes"]["waveform"]])
     combo = ["said-colour+waveform", colour, item["attributes"]["waveform"]]
-    return "output", instruction, [item], RESPONSE[model], inv, [combo], [[0, "waveform"]]
+    return "output", instruction, [item], f"{instrument_of(item)} {RESPONSE[model]}", inv, [combo], [[0, "waveform"]]
 
 
 def f_colour_instrument(rng, pick, words=TRAIN_WORDS):
@@ -171,8 +169,8 @@ def f_colour_instrument(rng, pick, words=TRAIN_WORDS):
     x = f"the instrument that makes this sound, in the colour of this {choice(rng, NOUNS[visual['modality']])}"
     instruction, inv = ask_visual(rng, words, model, x, visual["attributes"]["colour"],
                                   INSTRUMENT[audio["attributes"]["waveform"]])
-    return ("output", instruction, [audio, visual], RESPONSE[model], inv, [pair_combo(visual, audio)],
-            [[0, "waveform"], [1, "colour"]])
+    return ("output", instruction, [audio, visual], f"{instrument_of(audio, visual)} {RESPONSE[model]}", inv,
+            [pair_combo(visual, audio)], [[0, "waveform"], [1, "colour"]])
 
 
 def f_replay_sound(rng, pick, words=TRAIN_WORDS):
@@ -188,7 +186,8 @@ def f_replay_sound(rng, pick, words=TRAIN_WORDS):
     needs = [[0, key] for key in at if key not in said]  # the audio's other two attributes
     inv = {"model": model, "prompt": tone(at)}
     combo = ["pitch+said", item["attributes"]["pitch"], *said.values()]  # said: one attribute
-    return "output", choice(rng, words[model]).format(x=x), [item], RESPONSE[model], inv, [combo], needs
+    response = f"{describe(item)} {RESPONSE[model]}"  # what was heard, then the prompt with one thing changed
+    return "output", choice(rng, words[model]).format(x=x), [item], response, inv, [combo], needs
 
 
 def f_text_request(rng, pick, words=TRAIN_WORDS):

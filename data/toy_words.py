@@ -76,6 +76,14 @@ def tone(at: dict) -> str:
     return a(f"{at['pitch']} {at['waveform']} tone {RHYTHMS[at['rhythm']]}")
 
 
+def instrument_of(audio: dict, visual: dict | None = None) -> str:
+    """What an answer reads from its media, said before the invocation that uses it: "A flute, because the audio is
+    a sine tone[, and the video is pink]." Said first, it is copied into the prompt (data/README.md, "Responses")."""
+    w = audio["attributes"]["waveform"]
+    also = f", and the {visual['modality']} is {visual['attributes']['colour']}" if visual else ""
+    return f"{a(INSTRUMENT[w]).capitalize()}, because the audio is {a(w)} tone{also}."
+
+
 def describe(item: dict) -> str:
     text = f"the audio is {tone(item['attributes'])}" if item["modality"] == "audio" else describe_visual(item)
     return text[0].upper() + text[1:] + "."

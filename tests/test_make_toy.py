@@ -160,6 +160,16 @@ def test_targets_are_valid_meta_responses(toy):
                 assert at["colour"] in text, r["id"]
             if m["modality"] == "audio" and r["kind"] == "input":
                 assert media[m["path"]]["caption"] in text, r["id"]
+            # an output that reads a medium says what it read before invoking (data/README.md, "Responses")
+            said, family = target["response"].lower(), r.get("family")
+            if family == "replay_sound":
+                assert said.startswith(f"the audio is {media[m['path']]['caption']}."), r["id"]
+            if family in ("paint_instrument", "colour_instrument") and m["modality"] == "audio":
+                w = at["waveform"]
+                assert said.startswith(f"{toy_media.a(toy_words.INSTRUMENT[w])}, because the audio is "
+                                       f"{toy_media.a(w)} tone"), r["id"]
+            if family == "colour_instrument" and m["modality"] != "audio":
+                assert f", and the {m['modality']} is {at['colour']}. here is the " in said, r["id"]
     assert len({r["id"] for recs in records.values() for r in recs}) == sum(map(len, records.values()))
 
 
