@@ -78,7 +78,7 @@ def tone(at: dict) -> str:
 
 def instrument_of(audio: dict, visual: dict | None = None) -> str:
     """What an answer reads from its media, said before the invocation that uses it: "A flute, because the audio is
-    a sine tone[, and the video is pink]." Said first, it is copied into the prompt (data/README.md, "Responses")."""
+    a sine tone[, and the video is pink]." Said first, it is copied into the prompt (data/README.md, "Templates")."""
     w = audio["attributes"]["waveform"]
     also = f", and the {visual['modality']} is {visual['attributes']['colour']}" if visual else ""
     return f"{a(INSTRUMENT[w]).capitalize()}, because the audio is {a(w)} tone{also}."

@@ -160,7 +160,7 @@ def test_targets_are_valid_meta_responses(toy):
                 assert at["colour"] in text, r["id"]
             if m["modality"] == "audio" and r["kind"] == "input":
                 assert media[m["path"]]["caption"] in text, r["id"]
-            # an output that reads a medium says what it read before invoking (data/README.md, "Responses")
+            # an output that reads a medium says what it read before invoking (data/README.md, "Templates")
             said, family = target["response"].lower(), r.get("family")
             if family == "replay_sound":
                 assert said.startswith(f"the audio is {media[m['path']]['caption']}."), r["id"]
