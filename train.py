@@ -92,9 +92,9 @@ PRESETS = {
     "tiny": TrainConfig(preset="tiny", out_dir="out/tiny", max_steps=20,
                         batch_size=4, micro_batch=2, lr=3e-3, eval_every=0, val_max=8, val_respond=2, save_every=0),
     # The offline demo, chosen by held-out test runs on 2 cores (README "Results"): at equal tokens, batch 4 beat
-    # batch 8; bf16 (AgentConfig.dtype "auto" on this CPU) and packed rows make a step 0.91 s instead of 1.36 s, so
-    # 176 steps fit the 5-minute budget (69.6% exact prompts; seeds 1-3: 72.0, 61.2, 61.7%). Rank 64, LoRA+, LoRA on
-    # the MLPs and a mix with more replays all scored lower. The demo answers the whole test split next, so its
+    # batch 8; bf16 (AgentConfig.dtype "auto" on this CPU) and packed rows make a step ~1 s instead of 1.36 s, so
+    # 176 steps fit 5 minutes in the VM's faster states (69.6% exact prompts; seeds 1-3: 72.0, 61.2, 61.7%). LoRA on
+    # the MLPs, rank 64, LoRA+ and more replays all scored lower. The demo answers the whole test split next, so its
     # validation is a val loss on 32 records (the page's curve), not 64 records and 6 answers (~18 s of the budget).
     "toy": TrainConfig(max_steps=176, batch_size=4, micro_batch=4, pack=True, lr=2e-3, eval_every=0, val_max=32,
                        val_respond=0, save_every=0),
